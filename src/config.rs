@@ -1,0 +1,576 @@
+//! The TOML configuration: schema, defaults, validation and secrets.
+//!
+//! Loading never guesses: an unknown key, a wrong type or a questionnaire that
+//! cannot work is reported with the file and the dotted key path, so an
+//! operator can fix it without reading code. Secrets (password, store
+//! passphrase) never live in this file; they come from the environment or
+//! from files named here.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::intake::text::{self, TextKey};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub matrix: MatrixConfig,
+    pub storage: StorageConfig,
+    pub staff: StaffConfig,
+    #[serde(default)]
+    pub hours: Option<HoursConfig>,
+    #[serde(default)]
+    pub intake: IntakeConfig,
+    #[serde(default)]
+    pub safety: SafetyConfig,
+    #[serde(default)]
+    pub outcomes: OutcomesConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    /// Per language, overrides of built-in texts: `[texts.en] greeting = "..."`.
+    #[serde(default)]
+    pub texts: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// `[matrix]`: how the bot reaches its homeserver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    pub homeserver_url: String,
+    pub user_id: String,
+    #[serde(default = "default_device_name")]
+    pub device_name: String,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub store_passphrase_file: Option<PathBuf>,
+}
+
+fn default_device_name() -> String {
+    "intake-bot".to_owned()
+}
+
+/// `[storage]`: the only directory the bot writes to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+}
+
+/// `[staff]`: the counsellors and how cases are offered to them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffConfig {
+    /// Room id of the staff room (room version 12 ids have no server part).
+    pub room: String,
+    #[serde(default)]
+    pub counsellors: Vec<String>,
+    #[serde(default = "default_max_active")]
+    pub max_active_per_counsellor: u32,
+    #[serde(default = "default_accept_timeout")]
+    pub accept_timeout_secs: u64,
+}
+
+fn default_max_active() -> u32 {
+    2
+}
+fn default_accept_timeout() -> u64 {
+    120
+}
+
+/// `[hours]`: opening hours; absent means always open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HoursConfig {
+    pub timezone: String,
+    #[serde(default)]
+    pub open: Vec<String>,
+}
+
+/// `[intake]`: languages and the questionnaire.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntakeConfig {
+    #[serde(default = "default_languages")]
+    pub languages: Vec<String>,
+    #[serde(default = "default_true")]
+    pub require_encryption: bool,
+    #[serde(default)]
+    pub questions: Vec<Question>,
+}
+
+impl Default for IntakeConfig {
+    fn default() -> Self {
+        Self { languages: default_languages(), require_encryption: true, questions: Vec::new() }
+    }
+}
+
+fn default_languages() -> Vec<String> {
+    vec!["en".to_owned()]
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One question of the intake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Question {
+    pub id: String,
+    pub kind: QuestionKind,
+    /// Prompt per language code.
+    pub prompt: BTreeMap<String, String>,
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Choice ids that make the case urgent (e.g. "not safe right now").
+    #[serde(default)]
+    pub urgent_choices: Vec<String>,
+}
+
+/// Whether a question is answered from a list or in the visitor's own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuestionKind {
+    Choice,
+    Text,
+}
+
+/// One answer of a choice question.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    pub id: String,
+    pub label: BTreeMap<String, String>,
+}
+
+/// `[safety]`: the emergency number and keywords.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyConfig {
+    #[serde(default = "default_emergency_number")]
+    pub emergency_number: String,
+    /// Per language; languages not given here use the built-in list.
+    #[serde(default)]
+    pub emergency_keywords: BTreeMap<String, Vec<String>>,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self { emergency_number: default_emergency_number(), emergency_keywords: BTreeMap::new() }
+    }
+}
+
+fn default_emergency_number() -> String {
+    "112".to_owned()
+}
+
+/// `[outcomes]`: the tags a counsellor may close a case with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesConfig {
+    #[serde(default = "default_tags")]
+    pub tags: Vec<String>,
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        Self { tags: default_tags() }
+    }
+}
+
+fn default_tags() -> Vec<String> {
+    ["advice", "referred", "reported", "no_help_needed", "other"].map(String::from).to_vec()
+}
+
+/// `[privacy]`: how long a case in progress may be kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    #[serde(default = "default_retention")]
+    pub in_progress_retention_hours: u64,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self { in_progress_retention_hours: default_retention() }
+    }
+}
+
+fn default_retention() -> u64 {
+    72
+}
+
+/// A configuration that could not be loaded or is not usable.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        if self.problems.len() == 1 {
+            write!(f, "{}", self.problems[0])
+        } else {
+            writeln!(f, "{} problems:", self.problems.len())?;
+            for p in &self.problems {
+                writeln!(f, "  - {p}")?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it
+    /// are resolved against the file's own directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |problems: Vec<String>| ConfigError { file: path.to_owned(), problems };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(vec![format!("cannot read the file: {e}")]))?;
+        let mut config = Config::parse(&text).map_err(|p| err(vec![p]))?;
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(err(problems));
+        }
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the dotted key that failed.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_owned();
+            let line = inner.span().map(|s| line_of(text, s.start));
+            let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+            if path == "." || path.is_empty() {
+                format!("{msg}{at}")
+            } else {
+                format!("key `{path}`{at}: {msg}")
+            }
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.storage.data_dir);
+        if let Some(p) = self.matrix.password_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.matrix.store_passphrase_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Checks everything serde cannot: returns one line per problem, each
+    /// naming its key.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(self.matrix.homeserver_url.starts_with("http://")
+            || self.matrix.homeserver_url.starts_with("https://"))
+        {
+            p.push("key `matrix.homeserver_url`: expected an http:// or https:// URL".into());
+        }
+        if !is_user_id(&self.matrix.user_id) {
+            p.push("key `matrix.user_id`: expected a full user id like @intake:example.org".into());
+        }
+        if !self.staff.room.starts_with('!') || self.staff.room.len() < 2 {
+            p.push("key `staff.room`: expected a room id starting with `!`".into());
+        }
+        for (i, c) in self.staff.counsellors.iter().enumerate() {
+            if !is_user_id(c) {
+                p.push(format!(
+                    "key `staff.counsellors[{i}]`: expected a full user id like @name:example.org"
+                ));
+            }
+            if c == &self.matrix.user_id {
+                p.push(format!("key `staff.counsellors[{i}]`: the bot cannot be its own counsellor"));
+            }
+        }
+        if self.staff.max_active_per_counsellor == 0 {
+            p.push("key `staff.max_active_per_counsellor`: expected at least 1".into());
+        }
+        if self.staff.accept_timeout_secs == 0 {
+            p.push("key `staff.accept_timeout_secs`: expected at least 1 second".into());
+        }
+        if let Some(h) = &self.hours {
+            if h.timezone.parse::<chrono_tz::Tz>().is_err() {
+                p.push(format!(
+                    "key `hours.timezone`: `{}` is not an IANA time zone like Europe/Amsterdam",
+                    h.timezone
+                ));
+            }
+            for (i, r) in h.open.iter().enumerate() {
+                if let Err(e) = crate::hours::parse_range(r) {
+                    p.push(format!("key `hours.open[{i}]`: {e}"));
+                }
+            }
+        }
+        let langs = &self.intake.languages;
+        if langs.is_empty() {
+            p.push("key `intake.languages`: expected at least one language code".into());
+        }
+        let mut seen = BTreeSet::new();
+        for (i, l) in langs.iter().enumerate() {
+            if !seen.insert(l) {
+                p.push(format!("key `intake.languages[{i}]`: `{l}` is listed twice"));
+            }
+            if l.is_empty() || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                p.push(format!("key `intake.languages[{i}]`: expected a language code like `en`"));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for (qi, q) in self.intake.questions.iter().enumerate() {
+            let key = format!("intake.questions[{qi}]");
+            if q.id.trim().is_empty() {
+                p.push(format!("key `{key}.id`: must not be empty"));
+            } else if !ids.insert(q.id.as_str()) {
+                p.push(format!("key `{key}.id`: duplicate question id `{}`", q.id));
+            }
+            for l in langs {
+                if q.prompt.get(l).is_none_or(|s| s.trim().is_empty()) {
+                    p.push(format!("key `{key}.prompt.{l}`: missing prompt for language `{l}`"));
+                }
+            }
+            match q.kind {
+                QuestionKind::Choice if q.choices.is_empty() => {
+                    p.push(format!("key `{key}.choices`: a choice question needs at least one choice"))
+                }
+                QuestionKind::Text if !q.choices.is_empty() => {
+                    p.push(format!("key `{key}.choices`: a text question takes no choices"))
+                }
+                _ => {}
+            }
+            let mut cids = BTreeSet::new();
+            for (ci, c) in q.choices.iter().enumerate() {
+                let ckey = format!("{key}.choices[{ci}]");
+                if c.id.trim().is_empty() {
+                    p.push(format!("key `{ckey}.id`: must not be empty"));
+                } else if !cids.insert(c.id.as_str()) {
+                    p.push(format!("key `{ckey}.id`: duplicate choice id `{}`", c.id));
+                }
+                if matches!(c.id.as_str(), "skipped" | "answered") {
+                    p.push(format!("key `{ckey}.id`: `{}` is reserved", c.id));
+                }
+                for l in langs {
+                    if c.label.get(l).is_none_or(|s| s.trim().is_empty()) {
+                        p.push(format!("key `{ckey}.label.{l}`: missing label for language `{l}`"));
+                    }
+                }
+            }
+            for (ui, u) in q.urgent_choices.iter().enumerate() {
+                if !cids.contains(u.as_str()) {
+                    p.push(format!(
+                        "key `{key}.urgent_choices[{ui}]`: `{u}` is not a choice id of this question"
+                    ));
+                }
+            }
+        }
+        if self.safety.emergency_number.trim().is_empty() {
+            p.push("key `safety.emergency_number`: must not be empty".into());
+        }
+        for (l, words) in &self.safety.emergency_keywords {
+            for (i, w) in words.iter().enumerate() {
+                if text::fold(w).is_empty() {
+                    p.push(format!("key `safety.emergency_keywords.{l}[{i}]`: has no letters or digits"));
+                }
+            }
+        }
+        if self.outcomes.tags.is_empty() {
+            p.push("key `outcomes.tags`: expected at least one tag".into());
+        }
+        let mut tags = BTreeSet::new();
+        for (i, t) in self.outcomes.tags.iter().enumerate() {
+            if t.is_empty() || t.contains(char::is_whitespace) {
+                p.push(format!("key `outcomes.tags[{i}]`: expected one word without spaces"));
+            } else if !tags.insert(t) {
+                p.push(format!("key `outcomes.tags[{i}]`: duplicate tag `{t}`"));
+            }
+            if matches!(t.as_str(), "abandoned" | "stopped" | "expired" | "unencrypted") {
+                p.push(format!("key `outcomes.tags[{i}]`: `{t}` is reserved for the bot"));
+            }
+        }
+        if self.privacy.in_progress_retention_hours == 0 {
+            p.push("key `privacy.in_progress_retention_hours`: expected at least 1".into());
+        }
+        for (lang, overrides) in &self.texts {
+            for name in overrides.keys() {
+                if TextKey::from_name(name).is_none() {
+                    p.push(format!(
+                        "key `texts.{lang}.{name}`: unknown text; known texts are {}",
+                        TextKey::ALL.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+            }
+        }
+        p
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |t| t.matches('\n').count()) + 1
+}
+
+fn is_user_id(s: &str) -> bool {
+    s.starts_with('@') && s.find(':').is_some_and(|i| i > 1 && i + 1 < s.len())
+}
+
+/// The secrets the bot needs at run time, never read from the config itself.
+pub struct Secrets {
+    pub password: String,
+    pub store_passphrase: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+impl Secrets {
+    /// From `INTAKE_BOT_PASSWORD` / `INTAKE_BOT_STORE_PASSPHRASE`, else from
+    /// the files named in `[matrix]`.
+    pub fn load(m: &MatrixConfig) -> anyhow::Result<Secrets> {
+        Ok(Secrets {
+            password: secret("INTAKE_BOT_PASSWORD", m.password_file.as_deref(), "matrix.password_file")?,
+            store_passphrase: secret(
+                "INTAKE_BOT_STORE_PASSPHRASE",
+                m.store_passphrase_file.as_deref(),
+                "matrix.store_passphrase_file",
+            )?,
+        })
+    }
+}
+
+fn secret(var: &str, file: Option<&Path>, key: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Ok(v) = std::env::var(var) {
+        if !v.is_empty() {
+            return Ok(v);
+        }
+    }
+    let Some(file) = file else {
+        anyhow::bail!("no secret: set {var} or the config key `{key}`");
+    };
+    let v = std::fs::read_to_string(file)
+        .with_context(|| format!("reading `{key}` ({})", file.display()))?;
+    let v = v.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!v.is_empty(), "`{key}` ({}) is empty", file.display());
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[matrix]
+homeserver_url = "http://127.0.0.1:8008"
+user_id = "@bot:localhost"
+[storage]
+data_dir = "data"
+[staff]
+room = "!abc"
+counsellors = ["@c:localhost"]
+[[intake.questions]]
+id = "q"
+kind = "choice"
+prompt = { en = "Q?" }
+choices = [ { id = "a", label = { en = "A" } } ]
+"#;
+
+    #[test]
+    fn minimal_is_valid() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.validate(), Vec::<String>::new());
+        assert_eq!(c.staff.accept_timeout_secs, 120);
+        assert_eq!(c.safety.emergency_number, "112");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.validate(), Vec::<String>::new());
+        assert_eq!(c.intake.questions.len(), 6);
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let t = MINIMAL.replace("counsellors = [\"@c:localhost\"]", "max_active_per_counsellor = \"three\"");
+        let e = Config::parse(&t).unwrap_err();
+        assert!(e.contains("staff.max_active_per_counsellor"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_key() {
+        let t = MINIMAL.replace("[staff]", "[staff]\nroom_id = \"x\"");
+        let e = Config::parse(&t).unwrap_err();
+        assert!(e.contains("room_id"), "{e}");
+        assert!(e.contains("staff"), "{e}");
+    }
+
+    #[test]
+    fn choice_without_choices_and_duplicate_id() {
+        let t = format!(
+            "{MINIMAL}\n[[intake.questions]]\nid = \"q\"\nkind = \"choice\"\nprompt = {{ en = \"again\" }}\n"
+        );
+        let c = Config::parse(&t).unwrap();
+        let p = c.validate();
+        assert!(p.iter().any(|l| l.contains("intake.questions[1].id") && l.contains("duplicate")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("intake.questions[1].choices")), "{p:?}");
+    }
+
+    #[test]
+    fn missing_translation_and_bad_ids() {
+        let t = MINIMAL
+            .replace("[staff]", "[intake]\nlanguages = [\"en\", \"nl\"]\n[staff]")
+            .replace("!abc", "abc");
+        let p = Config::parse(&t).unwrap().validate();
+        assert!(p.iter().any(|l| l.contains("intake.questions[0].prompt.nl")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("intake.questions[0].choices[0].label.nl")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("staff.room")), "{p:?}");
+    }
+
+    #[test]
+    fn unknown_text_override() {
+        let t = format!("{MINIMAL}\n[texts.en]\ngreting = \"hi\"\n");
+        let p = Config::parse(&t).unwrap().validate();
+        assert!(p.iter().any(|l| l.contains("texts.en.greting")), "{p:?}");
+    }
+
+    #[test]
+    fn bad_hours() {
+        let t = format!("{MINIMAL}\n[hours]\ntimezone = \"Mars/Base\"\nopen = [\"mon-fri 9-17\"]\n");
+        let p = Config::parse(&t).unwrap().validate();
+        assert!(p.iter().any(|l| l.contains("hours.timezone")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("hours.open[0]")), "{p:?}");
+    }
+
+    #[test]
+    fn load_names_file_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bot.toml");
+        std::fs::write(&f, MINIMAL).unwrap();
+        let c = Config::load(&f).unwrap();
+        assert_eq!(c.storage.data_dir, dir.path().join("data"));
+        std::fs::write(&f, "[matrix]\nuser_id = 3\n").unwrap();
+        let e = Config::load(&f).unwrap_err().to_string();
+        assert!(e.contains("bot.toml") && e.contains("matrix"), "{e}");
+    }
+}

@@ -1,0 +1,371 @@
+//! The help desk: every open case plus routing, as one pure state machine.
+//!
+//! The Matrix edge feeds it [`Event`]s (with the time) and carries out the
+//! [`Action`]s it returns, in order. Rooms are named only by their case key,
+//! a keyed hash of the room id; the edge alone maps keys back to rooms.
+//! Actions that persist come before the messages that announce them, so a
+//! crash between the two never loses a record.
+
+use std::collections::BTreeMap;
+
+use chrono::DateTime;
+
+use crate::hours::Hours;
+use crate::intake::text::TextKey;
+use crate::intake::{Case, Effect, Ending, Input, Settings, Step};
+use crate::outcome::{OutcomeRecord, tags};
+use crate::routing::{Policy, Route, Router};
+
+/// Something that happened, as the desk sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The bot is in a new, encrypted visitor room: start the intake.
+    Opened { key: String, case_id: String },
+    /// A message from the visitor of a case.
+    Visitor { key: String, input: VisitorInput },
+    /// The visitor left the room.
+    VisitorLeft { key: String },
+    /// A configured counsellor joined a case room.
+    CounsellorJoined { key: String, user: String },
+    /// A configured counsellor left a case room or declined its invite.
+    CounsellorLeft { key: String, user: String },
+    /// Text from a configured counsellor in a case room.
+    CounsellorText { key: String, user: String, text: String },
+    /// Text in the staff room.
+    Staff { user: String, text: String },
+    /// Time passed.
+    Tick,
+}
+
+/// An owned [`Input`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VisitorInput {
+    Text(String),
+    NonText,
+    Undecryptable,
+}
+
+/// What the edge must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Send a notice to the case room.
+    Say { key: String, text: String },
+    /// Send a notice to the staff room.
+    Staff { text: String },
+    Invite { key: String, user: String },
+    /// Withdraw an invite or remove a counsellor from a case room.
+    Withdraw { key: String, user: String },
+    /// Persist the case's in-progress state.
+    SaveCase { key: String },
+    /// Persist the routing state.
+    SaveRouter,
+    /// Write the outcome record (before the goodbye goes out).
+    Record(OutcomeRecord),
+    /// Delete the in-progress state.
+    DeleteCase { key: String },
+    /// Leave and forget the room.
+    Leave { key: String },
+}
+
+/// The desk: open cases, routing, and the config they run by.
+#[derive(Debug, Clone)]
+pub struct Desk {
+    pub settings: Settings,
+    pub policy: Policy,
+    pub hours: Option<Hours>,
+    pub cases: BTreeMap<String, Case>,
+    pub router: Router,
+}
+
+impl Desk {
+    /// A desk with restored cases and routing state.
+    pub fn new(
+        settings: Settings,
+        policy: Policy,
+        hours: Option<Hours>,
+        cases: BTreeMap<String, Case>,
+        router: Router,
+    ) -> Desk {
+        Desk { settings, policy, hours, cases, router }
+    }
+
+    /// Whether the chat is open at `now`.
+    pub fn is_open(&self, now: i64) -> bool {
+        self.hours.as_ref().is_none_or(|h| h.is_open(DateTime::from_timestamp(now, 0).unwrap_or_default()))
+    }
+
+    /// The case id of a key, for logs.
+    pub fn case_id(&self, key: &str) -> Option<&str> {
+        self.cases.get(key).map(|c| c.id.as_str())
+    }
+
+    /// Handles one event at `now` and returns what to do, in order.
+    pub fn handle(&mut self, now: i64, event: Event) -> Vec<Action> {
+        let mut out = Vec::new();
+        match event {
+            Event::Opened { key, case_id } => {
+                if !self.cases.contains_key(&key) {
+                    let (case, fx) = Case::start(&self.settings, case_id, now);
+                    self.cases.insert(key.clone(), case);
+                    self.apply(&key, now, fx, &mut out);
+                    out.push(Action::SaveCase { key });
+                }
+            }
+            Event::Visitor { key, input } => {
+                let Some(case) = self.cases.get_mut(&key) else { return out };
+                let input = match &input {
+                    VisitorInput::Text(t) => Input::Text(t),
+                    VisitorInput::NonText => Input::NonText,
+                    VisitorInput::Undecryptable => Input::Undecryptable,
+                };
+                let before = case.clone();
+                let fx = case.handle(&self.settings, now, input);
+                let changed = *case != before;
+                self.apply(&key, now, fx, &mut out);
+                if changed && self.cases.contains_key(&key) {
+                    out.push(Action::SaveCase { key });
+                }
+            }
+            Event::VisitorLeft { key } => {
+                if self.cases.contains_key(&key) {
+                    self.end(&key, now, tags::ABANDONED, None, &mut out);
+                }
+            }
+            Event::CounsellorJoined { key, user } => self.counsellor_joined(&key, &user, now, &mut out),
+            Event::CounsellorLeft { key, user } => {
+                if self.router.rejected(&key, &user) {
+                    // Declined the invite: passed over at once (routing below).
+                } else if self.router.counsellor_of(&key) == Some(user.as_str()) {
+                    self.transfer(&key, now, &mut out);
+                }
+            }
+            Event::CounsellorText { key, user, text } => self.case_command(&key, &user, &text, now, &mut out),
+            Event::Staff { user, text } => self.staff_command(&user, &text, &mut out),
+            Event::Tick => {}
+        }
+        self.route(now, &mut out);
+        out
+    }
+
+    /// Carries out the engine's effects for one case.
+    fn apply(&mut self, key: &str, now: i64, fx: Vec<Effect>, out: &mut Vec<Action>) {
+        for e in fx {
+            match e {
+                Effect::Say(text) => out.push(Action::Say { key: key.to_owned(), text }),
+                Effect::BecameUrgent => {
+                    self.router.set_urgent(key);
+                    if let Some(c) = self.cases.get(key) {
+                        let lang = self.settings.staff_language();
+                        out.push(Action::Staff {
+                            text: self.settings.say(lang, TextKey::StaffUrgent, &[("case", &c.id)]),
+                        });
+                    }
+                }
+                Effect::IntakeDone => self.enqueue(key, now, false, out),
+                Effect::End(Ending::Stopped) => {
+                    let lang = self.cases.get(key).map(|c| c.lang().to_owned()).unwrap_or_default();
+                    let bye = self.settings.say(&lang, TextKey::Stopped, &[]);
+                    self.end(key, now, tags::STOPPED, Some(bye), out);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, key: &str, now: i64, front: bool, out: &mut Vec<Action>) {
+        let Some(case) = self.cases.get(key) else { return };
+        self.router.enqueue(key, case.urgent, front, now);
+        let lang = self.settings.staff_language();
+        out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffWaiting, &[("case", &case.id)]) });
+        if !self.is_open(now) {
+            let opens = self
+                .hours
+                .as_ref()
+                .and_then(|h| {
+                    let t = DateTime::from_timestamp(now, 0)?;
+                    h.next_open(t).map(|o| h.describe(o))
+                })
+                .unwrap_or_else(|| "-".into());
+            out.push(Action::Say {
+                key: key.to_owned(),
+                text: self.settings.say(case.lang(), TextKey::ClosedHours, &[("opens", &opens)]),
+            });
+        }
+    }
+
+    /// Ends a case: record first, then goodbye (if any), withdraw a pending
+    /// invite, forget the state and leave.
+    fn end(&mut self, key: &str, now: i64, outcome: &str, goodbye: Option<String>, out: &mut Vec<Action>) {
+        let Some(case) = self.cases.remove(key) else { return };
+        out.push(Action::Record(OutcomeRecord::from_case(&self.settings, &case, now, outcome)));
+        out.push(Action::DeleteCase { key: key.to_owned() });
+        if let Some(text) = goodbye {
+            out.push(Action::Say { key: key.to_owned(), text });
+        }
+        if let Some(user) = self.router.release(key, now, case.joined_at) {
+            out.push(Action::Withdraw { key: key.to_owned(), user });
+        }
+        out.push(Action::Leave { key: key.to_owned() });
+    }
+
+    fn counsellor_joined(&mut self, key: &str, user: &str, now: i64, out: &mut Vec<Action>) {
+        if !self.cases.contains_key(key) {
+            return;
+        }
+        if !self.router.accepted(key, user) {
+            // Late or unexpected: the case has moved on.
+            let lang = self.settings.staff_language();
+            out.push(Action::Say { key: key.to_owned(), text: self.settings.say(lang, TextKey::LateJoin, &[]) });
+            out.push(Action::Withdraw { key: key.to_owned(), user: user.to_owned() });
+            return;
+        }
+        let Some(case) = self.cases.get_mut(key) else { return };
+        if case.step == Step::Counsellor {
+            return;
+        }
+        let (summary, notice) = case.counsellor_joined(&self.settings, now);
+        out.push(Action::SaveCase { key: key.to_owned() });
+        out.push(Action::Say { key: key.to_owned(), text: summary });
+        out.push(Action::Say { key: key.to_owned(), text: notice });
+    }
+
+    fn transfer(&mut self, key: &str, now: i64, out: &mut Vec<Action>) {
+        let Some(user) = self.router.transfer(key, now) else { return };
+        let Some(case) = self.cases.get_mut(key) else { return };
+        case.back_to_waiting(now);
+        let lang = case.lang().to_owned();
+        out.push(Action::SaveCase { key: key.to_owned() });
+        out.push(Action::Say { key: key.to_owned(), text: self.settings.say(&lang, TextKey::Transferred, &[]) });
+        out.push(Action::Withdraw { key: key.to_owned(), user });
+    }
+
+    fn case_command(&mut self, key: &str, user: &str, text: &str, now: i64, out: &mut Vec<Action>) {
+        // Only the counsellor on the case commands it; anything else is talk.
+        if self.router.counsellor_of(key) != Some(user) {
+            return;
+        }
+        let mut words = text.split_whitespace();
+        match words.next() {
+            Some("!close") => {
+                let tag = words.next().map(str::to_lowercase);
+                match tag.filter(|t| self.settings.tags.contains(t)) {
+                    Some(tag) => {
+                        let lang = self.cases.get(key).map(|c| c.lang().to_owned()).unwrap_or_default();
+                        let bye = self.settings.say(&lang, TextKey::Goodbye, &[]);
+                        self.end(key, now, &tag, Some(bye), out);
+                    }
+                    None => {
+                        let lang = self.settings.staff_language();
+                        out.push(Action::Say {
+                            key: key.to_owned(),
+                            text: self.settings.say(lang, TextKey::CloseUsage, &[("tags", &self.settings.tags.join(", "))]),
+                        });
+                    }
+                }
+            }
+            Some("!transfer") => self.transfer(key, now, out),
+            _ => {}
+        }
+    }
+
+    fn staff_command(&mut self, user: &str, text: &str, out: &mut Vec<Action>) {
+        let cmd = text.split_whitespace().next().unwrap_or("");
+        if !matches!(cmd, "!available" | "!away" | "!status" | "!help") {
+            return;
+        }
+        let lang = self.settings.staff_language();
+        if !self.router.is_counsellor(user) {
+            out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffNotCounsellor, &[]) });
+            return;
+        }
+        let text = match cmd {
+            "!available" => {
+                self.router.set_available(user, true);
+                out.push(Action::SaveRouter);
+                self.settings.say(lang, TextKey::StaffAvailable, &[])
+            }
+            "!away" => {
+                self.router.set_available(user, false);
+                out.push(Action::SaveRouter);
+                self.settings.say(lang, TextKey::StaffAway, &[])
+            }
+            "!status" => {
+                let s = self.router.status();
+                self.settings.say(
+                    lang,
+                    TextKey::StaffStatus,
+                    &[
+                        ("available", &s.available.to_string()),
+                        ("active", &s.active.to_string()),
+                        ("waiting", &s.waiting.to_string()),
+                        ("urgent", &s.urgent_waiting.to_string()),
+                    ],
+                )
+            }
+            _ => self.settings.say(lang, TextKey::StaffHelp, &[]),
+        };
+        out.push(Action::Staff { text });
+    }
+
+    /// Runs routing and turns its decisions into actions.
+    fn route(&mut self, now: i64, out: &mut Vec<Action>) {
+        let before = self.router.clone();
+        let open = self.is_open(now);
+        for r in self.router.step(now, open, &self.policy) {
+            match r {
+                Route::Invite { key, counsellor } => out.push(Action::Invite { key, user: counsellor }),
+                Route::Withdraw { key, counsellor } => out.push(Action::Withdraw { key, user: counsellor }),
+                Route::Position { key, position, estimate_minutes } => {
+                    let Some(case) = self.cases.get(&key) else { continue };
+                    if !open {
+                        // Closed: the visitor already heard when we open.
+                        continue;
+                    }
+                    let lang = case.lang();
+                    let mut text =
+                        self.settings.say(lang, TextKey::QueuePosition, &[("position", &position.to_string())]);
+                    if let Some(m) = estimate_minutes {
+                        text.push(' ');
+                        text.push_str(&self.settings.say(lang, TextKey::QueueEstimate, &[("minutes", &m.to_string())]));
+                    }
+                    out.push(Action::Say { key, text });
+                }
+                Route::SetAway { missed, .. } => {
+                    let lang = self.settings.staff_language();
+                    out.push(Action::Staff {
+                        text: self.settings.say(lang, TextKey::StaffMissed, &[("count", &missed.to_string())]),
+                    });
+                }
+            }
+        }
+        if self.router != before && !out.contains(&Action::SaveRouter) {
+            out.push(Action::SaveRouter);
+        }
+    }
+
+    /// The next instant the desk needs a `Tick`.
+    pub fn next_deadline(&self) -> Option<i64> {
+        self.router.next_deadline()
+    }
+
+    /// Cases in progress older than `max_age_secs`: their keys, for expiry.
+    pub fn expired(&self, now: i64, max_age_secs: i64) -> Vec<String> {
+        self.cases.iter().filter(|(_, c)| now - c.started > max_age_secs).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// Ends an expired case (kept past the retention limit).
+    pub fn expire(&mut self, key: &str, now: i64) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.end(key, now, tags::EXPIRED, None, &mut out);
+        self.route(now, &mut out);
+        out
+    }
+
+    /// Ends a case that may not run because its room is not encrypted.
+    pub fn refuse_unencrypted(&mut self, now: i64, case_id: String) -> OutcomeRecord {
+        let (case, _) = Case::start(&self.settings, case_id, now);
+        OutcomeRecord::from_case(&self.settings, &case, now, tags::UNENCRYPTED)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! Whole cases through the pure desk, without a homeserver.
+
+use super::*;
+use crate::config::Config;
+
+const A: &str = "@a:x";
+const B: &str = "@b:x";
+
+fn desk() -> Desk {
+    let mut c = Config::parse(include_str!("../../config.example.toml")).unwrap();
+    c.intake.languages = vec!["en".into()];
+    c.staff.counsellors = vec![A.into(), B.into()];
+    let settings = Settings::from_config(&c);
+    let policy = Policy { max_active: 1, accept_timeout_secs: 60 };
+    Desk::new(settings, policy, None, BTreeMap::new(), Router::new(&c.staff.counsellors))
+}
+
+fn text(key: &str, t: &str) -> Event {
+    Event::Visitor { key: key.into(), input: VisitorInput::Text(t.into()) }
+}
+
+fn said_to(actions: &[Action], key: &str) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Say { key: k, text } if k == key => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn staff(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Staff { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn record(actions: &[Action]) -> Option<&OutcomeRecord> {
+    actions.iter().find_map(|a| match a {
+        Action::Record(r) => Some(r),
+        _ => None,
+    })
+}
+
+/// Opens case `k` and answers all six questions.
+fn intake(d: &mut Desk, k: &str, t: i64) -> Vec<Action> {
+    d.handle(t, Event::Opened { key: k.into(), case_id: format!("id-{k}") });
+    let mut last = Vec::new();
+    for a in ["1", "2", "1", "1", "2", "1"] {
+        last = d.handle(t, text(k, a));
+    }
+    last
+}
+
+#[test]
+fn a_whole_case_from_greeting_to_close() {
+    let mut d = desk();
+    let out = d.handle(1000, Event::Staff { user: A.into(), text: "!available".into() });
+    assert_eq!(staff(&out), vec!["You are available."]);
+    assert!(out.contains(&Action::SaveRouter));
+
+    let out = d.handle(1000, Event::Opened { key: "k".into(), case_id: "c1".into() });
+    assert_eq!(said_to(&out, "k").len(), 2);
+    assert!(out.contains(&Action::SaveCase { key: "k".into() }));
+
+    let out = intake(&mut d, "k", 1010);
+    assert!(said_to(&out, "k").iter().any(|t| t.contains("looking for a counsellor")));
+    assert!(staff(&out).iter().any(|t| t.contains("c1") || t.contains("id-k")));
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+
+    // A counsellor who was not offered the case joining is told to leave.
+    let out = d.handle(1020, Event::CounsellorJoined { key: "k".into(), user: B.into() });
+    assert!(out.contains(&Action::Withdraw { key: "k".into(), user: B.into() }));
+    assert!(said_to(&out, "k")[0].contains("moved on"));
+
+    let out = d.handle(1030, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    let said = said_to(&out, "k");
+    assert_eq!(said.len(), 2);
+    assert!(said[0].contains("New chat") && said[0].contains("For myself") && said[0].contains("15 to 17"));
+    assert!(said[1].contains("counsellor is here"));
+
+    // !close from anyone else, or without a valid tag, changes nothing.
+    let out = d.handle(1040, Event::CounsellorText { key: "k".into(), user: B.into(), text: "!close advice".into() });
+    assert!(out.is_empty());
+    let out = d.handle(1040, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!close whatever".into() });
+    assert!(said_to(&out, "k")[0].starts_with("Usage: !close"));
+    assert!(d.cases.contains_key("k"));
+
+    let out = d.handle(1100, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!close Referred".into() });
+    let rec = record(&out).expect("a record");
+    assert_eq!(rec.outcome, "referred");
+    assert_eq!(rec.case, "c1");
+    assert!(rec.intake_completed && rec.counsellor_joined && !rec.urgent);
+    assert_eq!(rec.answers["age"], "15_17");
+    assert_eq!(rec.wait, "<1m");
+    assert_eq!(rec.step_reached, None);
+    // Order: record, delete, goodbye, leave.
+    let kinds: Vec<&str> = out
+        .iter()
+        .map(|a| match a {
+            Action::Record(_) => "record",
+            Action::DeleteCase { .. } => "delete",
+            Action::Say { .. } => "say",
+            Action::Leave { .. } => "leave",
+            _ => "other",
+        })
+        .filter(|k| *k != "other")
+        .collect();
+    assert_eq!(kinds, vec!["record", "delete", "say", "leave"]);
+    assert!(said_to(&out, "k")[0].contains("112"));
+    assert!(d.cases.is_empty());
+    assert!(d.router.active.is_empty());
+}
+
+#[test]
+fn visitor_leaving_is_abandoned_with_step() {
+    let mut d = desk();
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(1, text("k", "1"));
+    let out = d.handle(2, Event::VisitorLeft { key: "k".into() });
+    let rec = record(&out).unwrap();
+    assert_eq!(rec.outcome, "abandoned");
+    assert_eq!(rec.step_reached.as_deref(), Some("age"));
+    assert!(!rec.intake_completed);
+    assert!(out.contains(&Action::Leave { key: "k".into() }));
+    // Leaving while offered withdraws the invite.
+    d.handle(3, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k2", 10);
+    let out = d.handle(11, Event::VisitorLeft { key: "k2".into() });
+    assert!(out.contains(&Action::Withdraw { key: "k2".into(), user: A.into() }));
+    assert_eq!(record(&out).unwrap().step_reached.as_deref(), Some("waiting"));
+}
+
+#[test]
+fn stop_records_before_goodbye() {
+    let mut d = desk();
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    let out = d.handle(1, text("k", "stop"));
+    assert!(matches!(out[0], Action::Record(ref r) if r.outcome == "stopped"));
+    assert!(said_to(&out, "k")[0].contains("ended"));
+    assert!(d.cases.is_empty());
+}
+
+#[test]
+fn staff_commands_only_from_counsellors() {
+    let mut d = desk();
+    let out = d.handle(0, Event::Staff { user: "@stranger:x".into(), text: "!available".into() });
+    assert_eq!(staff(&out), vec!["Only configured counsellors can use staff commands."]);
+    assert!(!d.router.counsellors.values().any(|c| c.available));
+    assert!(d.handle(0, Event::Staff { user: A.into(), text: "hello all".into() }).is_empty());
+    let out = d.handle(0, Event::Staff { user: A.into(), text: "!status".into() });
+    assert_eq!(staff(&out), vec!["Available counsellors: 0. Active chats: 0. Waiting: 0 (urgent: 0)."]);
+    let out = d.handle(0, Event::Staff { user: A.into(), text: "!help".into() });
+    assert!(staff(&out)[0].contains("!close"));
+}
+
+#[test]
+fn urgent_case_tells_staff_and_goes_first() {
+    let mut d = desk();
+    intake(&mut d, "k1", 0);
+    d.handle(1, Event::Opened { key: "k2".into(), case_id: "c2".into() });
+    let out = d.handle(2, text("k2", "help me now"));
+    assert!(staff(&out).iter().any(|t| t.contains("URGENT") && t.contains("c2")));
+    for a in ["1", "1", "1", "1", "1", "1"] {
+        d.handle(3, text("k2", a));
+    }
+    let out = d.handle(4, Event::Staff { user: A.into(), text: "!available".into() });
+    assert!(out.contains(&Action::Invite { key: "k2".into(), user: A.into() }));
+    assert!(!out.contains(&Action::Invite { key: "k1".into(), user: A.into() }));
+}
+
+#[test]
+fn offer_timeout_moves_to_next_counsellor() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    d.handle(0, Event::Staff { user: B.into(), text: "!available".into() });
+    let out = intake(&mut d, "k", 10);
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+    assert_eq!(d.next_deadline(), Some(70));
+    let out = d.handle(70, Event::Tick);
+    assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }));
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: B.into() }));
+    // Declining passes over at once.
+    let out = d.handle(71, Event::CounsellorLeft { key: "k".into(), user: B.into() });
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+}
+
+#[test]
+fn transfer_and_counsellor_leaving_requeue() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k", 1);
+    d.handle(2, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    d.handle(3, Event::Staff { user: B.into(), text: "!available".into() });
+    let out = d.handle(4, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!transfer".into() });
+    assert!(said_to(&out, "k").iter().any(|t| t.contains("another counsellor")));
+    assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }));
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: B.into() }));
+    d.handle(5, Event::CounsellorJoined { key: "k".into(), user: B.into() });
+    let out = d.handle(6, Event::CounsellorLeft { key: "k".into(), user: B.into() });
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+}
+
+#[test]
+fn nobody_available_tells_position() {
+    let mut d = desk();
+    let out = intake(&mut d, "k", 0);
+    assert!(said_to(&out, "k").iter().any(|t| t.contains("number 1 in line")));
+    let out = intake(&mut d, "k2", 1);
+    assert!(said_to(&out, "k2").iter().any(|t| t.contains("number 2 in line")));
+}
+
+#[test]
+fn closed_hours_tell_when_open() {
+    let mut d = desk();
+    d.hours = Some(Hours::new("UTC", &["mon 09:00-10:00".into()]).unwrap());
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    // 2026-12-01 is a Tuesday.
+    let t = 1_796_112_000;
+    let out = intake(&mut d, "k", t);
+    let said = said_to(&out, "k");
+    assert!(said.iter().any(|s| s.contains("closed") && s.contains("mon 09:00") && s.contains("112")), "{said:?}");
+    assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })));
+}
+
+#[test]
+fn expiry_ends_old_cases() {
+    let mut d = desk();
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    assert!(d.expired(100, 3600).is_empty());
+    assert_eq!(d.expired(3601, 3600), vec!["k".to_string()]);
+    let out = d.expire("k", 3601);
+    assert_eq!(record(&out).unwrap().outcome, "expired");
+    assert!(d.cases.is_empty());
+}

@@ -1,0 +1,144 @@
+//! The `intake-bot` command: parse the command line, load the config, set
+//! up logging, and call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use intake_bot::config::{Config, Secrets};
+use intake_bot::logging::{self, LogFormat};
+use intake_bot::outcome::{self, Stats};
+use intake_bot::store::{Store, StoreError};
+
+/// End-to-end-encrypted Matrix intake bot for an anonymous helpline.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, short, value_name = "FILE")]
+    config: PathBuf,
+    /// Log line format (logs go to stderr; filter with RUST_LOG).
+    #[arg(long, value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the bot until SIGTERM or SIGINT.
+    Run,
+    /// Validate the config, print every problem, exit 1 on any.
+    Check,
+    /// Aggregate figures from the outcome store.
+    Stats {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One outcome record per line.
+    Export {
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = match cli.command {
+        Command::Check => {
+            println!("{}: ok", cli.config.display());
+            Ok(())
+        }
+        Command::Run => {
+            logging::init(cli.log_format);
+            run(config)
+        }
+        Command::Stats { json } => stats(&config, json),
+        Command::Export { format } => export(&config, format),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let in_use = matches!(e.downcast_ref::<StoreError>(), Some(StoreError::InUse(_)));
+            eprintln!("intake-bot: {e:#}");
+            ExitCode::from(if in_use { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let secrets = Secrets::load(&config.matrix)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    rt.block_on(async move { intake_bot::matrix::run(config, secrets, shutdown_signal()).await })?;
+    // The SDK may hold background tasks; do not wait for them.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with SIGINT");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn open_read(config: &Config) -> anyhow::Result<Vec<outcome::OutcomeRecord>> {
+    match Store::open(&config.storage.data_dir, false) {
+        Ok(s) => s.outcomes(),
+        Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Missing(_))) => {
+            eprintln!("intake-bot: {e}; no records");
+            Ok(Vec::new())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn stats(config: &Config, json: bool) -> anyhow::Result<()> {
+    let records = open_read(config)?;
+    let s = Stats::compute(&records, &config.intake.questions);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        let lang = config.intake.languages.first().map_or("en", String::as_str);
+        print!("{}", s.to_text(&config.intake.questions, lang));
+    }
+    Ok(())
+}
+
+fn export(config: &Config, format: ExportFormat) -> anyhow::Result<()> {
+    let records = open_read(config)?;
+    match format {
+        ExportFormat::Jsonl => {
+            for r in &records {
+                println!("{}", serde_json::to_string(r)?);
+            }
+        }
+        ExportFormat::Csv => print!("{}", outcome::to_csv(&records, &config.intake.questions)),
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! The Matrix edge: login or restore, the sync loop, and the event handlers
+//! that turn Matrix events into desk inputs.
+//!
+//! Handlers never do slow work inline (they run inside sync processing):
+//! they hand events to the [`worker`] over a channel, or spawn. Nothing here
+//! logs a room id, a visitor's user id or message text; SDK errors pass
+//! through [`scrub`] before they are logged, since they can quote ids.
+
+pub mod worker;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::encryption::EncryptionSettings;
+use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
+use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent, StrippedRoomMemberEvent};
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, Relation};
+use matrix_sdk::ruma::events::sticker::OriginalSyncStickerEvent;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UInt};
+use matrix_sdk::{Client, Room, RoomState};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::{Config, Secrets};
+use crate::store::{self, Store};
+
+/// What the handlers tell the worker.
+#[derive(Debug)]
+pub enum Inbound {
+    /// The bot was invited to a room (not the staff room).
+    Invited(Room),
+    /// A message in a room the bot is in.
+    Message { room: Room, sender: OwnedUserId, body: Body },
+    /// Someone's membership changed in a room the bot is in.
+    Member { room: Room, user: OwnedUserId, change: MemberChange },
+    /// The staff room is joined and writable.
+    StaffReady(Room),
+}
+
+/// The part of a message the desk may see.
+#[derive(Debug)]
+pub enum Body {
+    Text(String),
+    NonText,
+    Undecryptable,
+}
+
+/// A membership change that matters to routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    Joined,
+    /// Left, was kicked, banned, or declined an invite.
+    Left,
+}
+
+/// Shared read-only context of the handlers.
+#[derive(Debug)]
+struct Ctx {
+    tx: mpsc::Sender<Inbound>,
+    staff_room: OwnedRoomId,
+}
+
+/// Replaces anything that looks like a Matrix id (`@user:server`,
+/// `!room`, `#alias`, `$event`) with a placeholder, for logging errors that
+/// may quote them.
+pub fn scrub(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut prev_boundary = true;
+    while let Some(c) = chars.next() {
+        if prev_boundary && matches!(c, '@' | '!' | '#' | '$') && chars.peek().is_some_and(|n| n.is_alphanumeric() || *n == '_' || *n == '=' || *n == '-' || *n == '.') {
+            while chars.peek().is_some_and(|n| !n.is_whitespace() && !matches!(n, '"' | '\'' | ',' | ')' | ']' | '}' | '>')) {
+                chars.next();
+            }
+            out.push_str("<id>");
+            prev_boundary = false;
+            continue;
+        }
+        prev_boundary = !c.is_alphanumeric();
+        out.push(c);
+    }
+    out
+}
+
+/// An error chain, scrubbed of ids, for a log line.
+pub fn scrub_err(e: &dyn std::fmt::Display) -> String {
+    scrub(&e.to_string())
+}
+
+/// Builds the client on the encrypted store and logs in or restores the
+/// saved session (same device, so E2EE keeps working).
+/// Returns whether this was a fresh login (no saved session).
+pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool)> {
+    let data_dir = &config.storage.data_dir;
+    let matrix_dir = store::matrix_dir(data_dir);
+    store::create_private_dir(&matrix_dir)?;
+    let session_path = store::session_file(data_dir);
+    let client = Client::builder()
+        .homeserver_url(&config.matrix.homeserver_url)
+        .sqlite_store(&matrix_dir, Some(&secrets.store_passphrase))
+        .request_config(
+            RequestConfig::new().timeout(Duration::from_secs(60)).max_retry_time(Duration::from_secs(60)),
+        )
+        .with_encryption_settings(EncryptionSettings { auto_enable_cross_signing: true, ..Default::default() })
+        .build()
+        .await
+        .context("building the Matrix client (wrong store passphrase or a damaged store?)")?;
+    if session_path.exists() {
+        let text = std::fs::read_to_string(&session_path)
+            .with_context(|| format!("reading {}", session_path.display()))?;
+        let session: MatrixSession = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a saved session", session_path.display()))?;
+        anyhow::ensure!(
+            session.meta.user_id.as_str() == config.matrix.user_id,
+            "{} belongs to another account than matrix.user_id; use a fresh data_dir for a new account",
+            session_path.display()
+        );
+        client.restore_session(session).await.context("restoring the saved Matrix session")?;
+        info!("restored the saved Matrix session");
+    } else {
+        client
+            .matrix_auth()
+            .login_username(&config.matrix.user_id, &secrets.password)
+            .initial_device_display_name(&config.matrix.device_name)
+            .await
+            .map_err(|e| anyhow::anyhow!("logging in as matrix.user_id failed: {}", scrub_err(&e)))?;
+        let session = client.matrix_auth().session().context("no session after login")?;
+        write_private(&session_path, &serde_json::to_vec(&session)?)?;
+        info!("logged in with a new device; session saved");
+        return Ok((client, true));
+    }
+    Ok((client, false))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Runs the bot until `shutdown` resolves.
+pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let store = Store::open(&config.storage.data_dir, true)?;
+    let (client, fresh_login) = connect(&config, &secrets).await?;
+    let staff_room: OwnedRoomId = config
+        .staff
+        .room
+        .as_str()
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
+    let (tx, rx) = mpsc::channel::<Inbound>(1024);
+    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone() });
+
+    // Invites first, so none is missed by the first sync.
+    {
+        let ctx = ctx.clone();
+        client.add_event_handler(move |ev: StrippedRoomMemberEvent, client: Client, room: Room| {
+            let ctx = ctx.clone();
+            async move { on_invite(ev, client, room, &ctx).await }
+        });
+    }
+    let mut settings = sync_settings();
+    if fresh_login {
+        // First start: skip the account's history, but upload device keys.
+        let resp = sync_with_retry(&client, settings.clone()).await?;
+        settings = settings.token(resp);
+    }
+    register_handlers(&client, ctx.clone());
+
+    let worker = worker::Worker::new(config.clone(), &secrets, store, client.clone(), staff_room.clone())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker_task = tokio::spawn(worker.run(rx, stop_rx));
+    let sync_task = tokio::spawn(sync_loop(client.clone(), settings));
+    tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone()));
+    drop(tx);
+
+    shutdown.await;
+    info!("shutting down: finishing the event in hand");
+    sync_task.abort();
+    let _ = stop_tx.send(true);
+    drop(ctx);
+    match tokio::time::timeout(Duration::from_secs(8), worker_task).await {
+        Ok(Ok(Ok(()))) => info!("stopped cleanly"),
+        Ok(Ok(Err(e))) => return Err(e),
+        Ok(Err(e)) => anyhow::bail!("worker task failed: {e}"),
+        Err(_) => warn!("worker did not finish within 8 s; exiting anyway"),
+    }
+    Ok(())
+}
+
+fn sync_settings() -> SyncSettings {
+    let mut filter = FilterDefinition::default();
+    // Synapse's default of 10 events per room per sync would drop messages
+    // sent while the bot was down; a "limited" sync skips handlers.
+    filter.room.timeline.limit = Some(UInt::from(100u32));
+    SyncSettings::default().timeout(Duration::from_secs(30)).filter(filter.into())
+}
+
+async fn sync_with_retry(client: &Client, settings: SyncSettings) -> Result<String> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match client.sync_once(settings.clone()).await {
+            Ok(r) => return Ok(r.next_batch),
+            Err(e) => {
+                warn!(error = %scrub_err(&e), retry_in_s = delay.as_secs(), "first sync failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+/// Syncs forever, with backoff while the homeserver is unreachable. An
+/// outage is logged once when it starts and once when it ends.
+async fn sync_loop(client: Client, mut settings: SyncSettings) {
+    let mut delay = Duration::from_secs(1);
+    let mut failing_since: Option<std::time::Instant> = None;
+    loop {
+        match client.sync_once(settings.clone()).await {
+            Ok(r) => {
+                settings = settings.token(r.next_batch);
+                if let Some(t) = failing_since.take() {
+                    info!(outage_s = t.elapsed().as_secs(), "homeserver reachable again; sync resumed");
+                }
+                delay = Duration::from_secs(1);
+            }
+            Err(e) => {
+                if failing_since.is_none() {
+                    failing_since = Some(std::time::Instant::now());
+                    warn!(error = %scrub_err(&e), "sync failed; retrying with backoff until the homeserver answers");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Joins the staff room by id (accepting a pending invite), retrying, then
+/// tells the worker it can post there.
+async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<Inbound>) {
+    let mut delay = Duration::from_secs(1);
+    let mut warned = false;
+    loop {
+        let joined = match client.get_room(&room_id) {
+            Some(r) if r.state() == RoomState::Joined => Ok(r),
+            _ => client.join_room_by_id(&room_id).await,
+        };
+        match joined {
+            Ok(room) => {
+                let _ = tx.send(Inbound::StaffReady(room)).await;
+                return;
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(error = %scrub_err(&e), "cannot join the staff room yet (is the bot invited to staff.room?); retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
+
+async fn on_invite(ev: StrippedRoomMemberEvent, client: Client, room: Room, ctx: &Ctx) {
+    if Some(ev.state_key.as_ref()) != client.user_id() || ev.content.membership != MembershipState::Invite {
+        return;
+    }
+    if room.room_id() == ctx.staff_room {
+        // join_staff_room handles it.
+        return;
+    }
+    let _ = ctx.tx.send(Inbound::Invited(room)).await;
+}
+
+fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
+    let c = ctx.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, client: Client, room: Room| {
+        let ctx = c.clone();
+        async move {
+            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
+                return;
+            }
+            let msgtype = match ev.content.relates_to {
+                Some(Relation::Replacement(r)) => r.new_content.msgtype,
+                _ => ev.content.msgtype,
+            };
+            let body = match msgtype {
+                MessageType::Text(t) => Body::Text(t.body),
+                // Notices are what bots send: never answer them.
+                MessageType::Notice(_) => return,
+                MessageType::Emote(t) => Body::Text(t.body),
+                _ => Body::NonText,
+            };
+            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body }).await;
+        }
+    });
+    let c = ctx.clone();
+    client.add_event_handler(move |ev: OriginalSyncStickerEvent, client: Client, room: Room| {
+        let ctx = c.clone();
+        async move {
+            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
+                return;
+            }
+            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body: Body::NonText }).await;
+        }
+    });
+    let c = ctx.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomEncryptedEvent, client: Client, room: Room| {
+        let ctx = c.clone();
+        async move {
+            // Only events that stayed encrypted reach this handler.
+            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
+                return;
+            }
+            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body: Body::Undecryptable }).await;
+        }
+    });
+    let c = ctx;
+    client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, client: Client, room: Room| {
+        let ctx = c.clone();
+        async move {
+            if Some(ev.state_key.as_ref()) == client.user_id() {
+                return;
+            }
+            let prev = ev.unsigned.prev_content.as_ref().map(|p| p.membership.clone());
+            let change = match ev.content.membership {
+                MembershipState::Join if prev != Some(MembershipState::Join) => MemberChange::Joined,
+                MembershipState::Leave | MembershipState::Ban => MemberChange::Left,
+                _ => return,
+            };
+            let _ = ctx.tx.send(Inbound::Member { room, user: ev.state_key, change }).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub;
+
+    #[test]
+    fn scrub_hides_ids() {
+        assert_eq!(
+            scrub("User @alice:localhost not in room !AbC123:localhost (event $ev_1)"),
+            "User <id> not in room <id> (event <id>)"
+        );
+        assert_eq!(scrub("M_FORBIDDEN: \"!xyz\" denied"), "M_FORBIDDEN: \"<id>\" denied");
+        assert_eq!(scrub("a@b or 5! times"), "a@b or 5! times");
+        assert_eq!(scrub("error #1"), "error <id>");
+    }
+}

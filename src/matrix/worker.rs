@@ -1,0 +1,405 @@
+//! The worker: one task that owns the desk and the store, feeds them the
+//! events the handlers send, fires timers, and carries out the desk's
+//! actions on Matrix in order.
+//!
+//! One task means one writer: the desk's state and the store never race,
+//! and each room's messages go out in the order the desk decided them.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
+use matrix_sdk::{Client, EncryptionState, Room, RoomMemberships};
+use rand::RngCore;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, instrument, warn};
+
+use super::{Body, Inbound, MemberChange, scrub_err};
+use crate::config::{Config, Secrets};
+
+use crate::desk::{Action, Desk, Event, VisitorInput};
+use crate::hours::Hours;
+use crate::intake::Settings;
+use crate::intake::text::TextKey;
+use crate::outcome::OutcomeRecord;
+use crate::routing::Policy;
+use crate::store::{RoomKeyer, Store};
+
+/// How often cases past the retention limit are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Unix seconds now.
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A random case id, never derived from any Matrix id.
+fn new_case_id() -> String {
+    let mut b = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// What preparing a new visitor room found.
+#[derive(Debug)]
+enum Verdict {
+    /// Encrypted (already, or the bot turned it on): start the intake.
+    Ready,
+    /// Not encrypted and the bot may not encrypt it: explained and left.
+    Unencrypted,
+    /// More than one visitor: explained and left.
+    Group,
+    /// Could not join.
+    Failed,
+}
+
+/// The desk's owner.
+pub struct Worker {
+    desk: Desk,
+    store: Store,
+    keyer: RoomKeyer,
+    staff_room_id: OwnedRoomId,
+    staff: Option<Room>,
+    /// Case key -> room, in memory only.
+    rooms: HashMap<String, Room>,
+    /// Staff notices waiting for the staff room.
+    pending_staff: Vec<String>,
+    retention_secs: i64,
+    require_encryption: bool,
+    counsellors: Vec<OwnedUserId>,
+    prepared_tx: mpsc::Sender<(Room, Verdict)>,
+    prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
+}
+
+impl Worker {
+    /// Restores cases and routing from the store and maps them to the
+    /// rooms the client knows.
+    pub fn new(config: Config, secrets: &Secrets, store: Store, client: Client, staff_room_id: OwnedRoomId) -> Result<Worker> {
+        let settings = Settings::from_config(&config);
+        let policy = Policy {
+            max_active: config.staff.max_active_per_counsellor,
+            accept_timeout_secs: config.staff.accept_timeout_secs as i64,
+        };
+        let hours = match &config.hours {
+            Some(h) => Some(Hours::new(&h.timezone, &h.open).map_err(|e| anyhow::anyhow!("key `hours`: {e}"))?),
+            None => None,
+        };
+        let cases = store.load_cases()?;
+        let mut router = store.load_router()?.unwrap_or_default();
+        router.sync_roster(&config.staff.counsellors);
+        let keyer = RoomKeyer::from_secret(&secrets.store_passphrase);
+        let mut rooms = HashMap::new();
+        for room in client.joined_rooms() {
+            let key = keyer.key(room.room_id().as_str());
+            if cases.contains_key(&key) {
+                rooms.insert(key, room);
+            }
+        }
+        info!(cases_in_progress = cases.len(), rooms_found = rooms.len(), "state restored");
+        let counsellors = config
+            .staff
+            .counsellors
+            .iter()
+            .filter_map(|c| UserId::parse(c.as_str()).ok())
+            .collect();
+        let (prepared_tx, prepared_rx) = mpsc::channel(64);
+        Ok(Worker {
+            desk: Desk::new(settings, policy, hours, cases, router),
+            store,
+            keyer,
+            staff_room_id,
+            staff: None,
+            rooms,
+            pending_staff: Vec::new(),
+            retention_secs: config.privacy.in_progress_retention_hours as i64 * 3600,
+            require_encryption: config.intake.require_encryption,
+            counsellors,
+            prepared_tx,
+            prepared_rx: Some(prepared_rx),
+        })
+    }
+
+    /// Processes events until `stop` turns true, then flushes the store.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
+        self.sweep().await;
+        // Deadlines that passed while the bot was down fire now.
+        self.dispatch(Event::Tick).await;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.tick().await;
+        loop {
+            let wait = match self.desk.next_deadline() {
+                Some(at) => Duration::from_secs((at - now()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                msg = rx.recv() => match msg {
+                    Some(m) => self.inbound(m).await,
+                    None => break,
+                },
+                Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
+                _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+        self.store.flush().await?;
+        info!("store flushed");
+        Ok(())
+    }
+
+    fn is_counsellor(&self, user: &UserId) -> bool {
+        self.counsellors.iter().any(|c| c == user)
+    }
+
+    async fn inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::StaffReady(room) => {
+                let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
+                self.staff = Some(room);
+                self.send_staff(online).await;
+                for text in std::mem::take(&mut self.pending_staff) {
+                    self.send_staff(text).await;
+                }
+                info!("staff room joined; online notice posted");
+            }
+            Inbound::Invited(room) => {
+                let key = self.keyer.key(room.room_id().as_str());
+                if self.desk.cases.contains_key(&key) {
+                    return;
+                }
+                let tx = self.prepared_tx.clone();
+                let require = self.require_encryption;
+                let counsellors = self.counsellors.clone();
+                let settings = self.desk.settings.clone();
+                tokio::spawn(async move {
+                    let verdict = prepare(&room, require, &counsellors, &settings).await;
+                    let _ = tx.send((room, verdict)).await;
+                });
+            }
+            Inbound::Message { room, sender, body } => {
+                if room.room_id() == self.staff_room_id {
+                    if let Body::Text(text) = body {
+                        self.dispatch(Event::Staff { user: sender.to_string(), text }).await;
+                    }
+                    return;
+                }
+                let Some(key) = self.case_key(&room) else { return };
+                let event = if self.is_counsellor(&sender) {
+                    match body {
+                        Body::Text(text) => Event::CounsellorText { key, user: sender.to_string(), text },
+                        _ => return,
+                    }
+                } else {
+                    let input = match body {
+                        Body::Text(t) => VisitorInput::Text(t),
+                        Body::NonText => VisitorInput::NonText,
+                        Body::Undecryptable => VisitorInput::Undecryptable,
+                    };
+                    Event::Visitor { key, input }
+                };
+                self.dispatch(event).await;
+            }
+            Inbound::Member { room, user, change } => {
+                if room.room_id() == self.staff_room_id {
+                    return;
+                }
+                let Some(key) = self.case_key(&room) else { return };
+                let event = match (self.is_counsellor(&user), change) {
+                    (true, MemberChange::Joined) => Event::CounsellorJoined { key, user: user.to_string() },
+                    (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
+                    (false, MemberChange::Left) => Event::VisitorLeft { key },
+                    (false, MemberChange::Joined) => return,
+                };
+                self.dispatch(event).await;
+            }
+        }
+    }
+
+    /// The case key of a room with a case in progress.
+    fn case_key(&mut self, room: &Room) -> Option<String> {
+        let key = self.keyer.key(room.room_id().as_str());
+        if !self.desk.cases.contains_key(&key) {
+            return None;
+        }
+        self.rooms.entry(key.clone()).or_insert_with(|| room.clone());
+        Some(key)
+    }
+
+    async fn prepared(&mut self, room: Room, verdict: Verdict) {
+        let case_id = new_case_id();
+        match verdict {
+            Verdict::Ready => {
+                let key = self.keyer.key(room.room_id().as_str());
+                self.rooms.insert(key.clone(), room);
+                info!(case = %case_id, "new case");
+                self.dispatch(Event::Opened { key, case_id }).await;
+            }
+            Verdict::Unencrypted => {
+                info!(case = %case_id, "room not encrypted and cannot be; explained and left");
+                let rec = self.desk.refuse_unencrypted(now(), case_id);
+                self.record(&rec).await;
+            }
+            Verdict::Group => info!("invited to a group room; explained and left"),
+            Verdict::Failed => {}
+        }
+    }
+
+    /// Ends cases kept past `privacy.in_progress_retention_hours`.
+    async fn sweep(&mut self) {
+        let t = now();
+        for key in self.desk.expired(t, self.retention_secs) {
+            info!(case = self.desk.case_id(&key).unwrap_or("?"), "case expired after the retention limit");
+            let actions = self.desk.expire(&key, t);
+            self.execute(actions).await;
+        }
+    }
+
+    async fn dispatch(&mut self, event: Event) {
+        let actions = self.desk.handle(now(), event);
+        self.execute(actions).await;
+    }
+
+    #[instrument(skip_all)]
+    async fn execute(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Say { key, text } => {
+                    let case = self.case_label(&key);
+                    match self.rooms.get(&key) {
+                        Some(room) => {
+                            if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
+                                error!(case = %case, error = %scrub_err(&e), "sending to the visitor's room failed");
+                            }
+                        }
+                        None => warn!(case = %case, "no room known for this case; message not sent"),
+                    }
+                }
+                Action::Staff { text } => self.send_staff(text).await,
+                Action::Invite { key, user } => {
+                    let case = self.case_label(&key);
+                    let (Some(room), Ok(uid)) = (self.rooms.get(&key), UserId::parse(user.as_str())) else {
+                        continue;
+                    };
+                    match room.invite_user_by_id(&uid).await {
+                        Ok(()) => info!(case = %case, "offered to a counsellor"),
+                        Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
+                    }
+                }
+                Action::Withdraw { key, user } => {
+                    let case = self.case_label(&key);
+                    let (Some(room), Ok(uid)) = (self.rooms.get(&key), UserId::parse(user.as_str())) else {
+                        continue;
+                    };
+                    match room.kick_user(&uid, None).await {
+                        Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
+                        Err(e) => warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses"),
+                    }
+                }
+                Action::SaveCase { key } => {
+                    if let Some(c) = self.desk.cases.get(&key) {
+                        if let Err(e) = self.store.save_case(&key, c) {
+                            error!(case = %c.id, error = %e, "saving the case failed");
+                        }
+                    }
+                }
+                Action::SaveRouter => {
+                    if let Err(e) = self.store.save_router(&self.desk.router) {
+                        error!(error = %e, "saving routing state failed");
+                    }
+                }
+                Action::Record(rec) => self.record(&rec).await,
+                Action::DeleteCase { key } => {
+                    if let Err(e) = self.store.delete_case(&key) {
+                        error!(error = %e, "deleting a finished case failed");
+                    }
+                }
+                Action::Leave { key } => {
+                    if let Some(room) = self.rooms.remove(&key) {
+                        if let Err(e) = room.leave().await {
+                            warn!(error = %scrub_err(&e), "leaving a finished case's room failed");
+                        } else if let Err(e) = room.forget().await {
+                            debug!(error = %scrub_err(&e), "forgetting a finished case's room failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn case_label(&self, key: &str) -> String {
+        self.desk.case_id(key).unwrap_or("ended").to_owned()
+    }
+
+    async fn record(&mut self, rec: &OutcomeRecord) {
+        match self.store.record(rec).await {
+            Ok(()) => info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded"),
+            Err(e) => error!(case = %rec.case, error = %e, "writing the outcome record failed"),
+        }
+    }
+
+    async fn send_staff(&mut self, text: String) {
+        match &self.staff {
+            Some(room) => {
+                if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
+                    error!(error = %scrub_err(&e), "sending to the staff room failed");
+                }
+            }
+            None => self.pending_staff.push(text),
+        }
+    }
+}
+
+/// Joins a visitor's room and checks it is fit for an intake: encrypted (or
+/// encryptable) and one-to-one. Explains and leaves when it is not.
+async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUserId], settings: &Settings) -> Verdict {
+    let mut delay = Duration::from_millis(500);
+    let mut tries = 0;
+    while let Err(e) = room.join().await {
+        tries += 1;
+        if tries >= 8 {
+            warn!(error = %scrub_err(&e), "could not join a visitor's room");
+            return Verdict::Failed;
+        }
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    let lang = settings.staff_language().to_owned();
+    let me = room.own_user_id().to_owned();
+    let visitors = match room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await {
+        Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not read a room's members");
+            1
+        }
+    };
+    let encrypted = matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted));
+    if visitors > 1 {
+        let text = settings.say(&lang, TextKey::GroupRoom, &[]);
+        let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
+        leave(room).await;
+        return Verdict::Group;
+    }
+    if encrypted || !require_encryption {
+        return Verdict::Ready;
+    }
+    match room.enable_encryption().await {
+        Ok(()) => Verdict::Ready,
+        Err(e) => {
+            debug!(error = %scrub_err(&e), "turning on encryption was refused");
+            let text = settings.say(&lang, TextKey::NoEncryption, &[]);
+            let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
+            leave(room).await;
+            Verdict::Unencrypted
+        }
+    }
+}
+
+async fn leave(room: &Room) {
+    if room.leave().await.is_ok() {
+        let _ = room.forget().await;
+    }
+}

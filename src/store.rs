@@ -1,0 +1,313 @@
+//! Durable state in sled, under `storage.data_dir`: cases in progress, the
+//! routing state and the outcome records, with a schema version.
+//!
+//! Cases in progress are keyed by a keyed hash of their room id; the hash
+//! key is derived from the store passphrase and never written down, so the
+//! data directory alone cannot link a case to a room. One process at a time
+//! holds the directory, through an OS file lock.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::intake::Case;
+use crate::outcome::OutcomeRecord;
+use crate::routing::Router;
+
+/// The layout version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+const VERSION_KEY: &[u8] = b"schema_version";
+const ROUTER_KEY: &[u8] = b"router";
+
+/// Errors a caller branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (a running bot) holds the data directory.
+    #[error("the store in {0} is in use by another intake-bot process (a running bot?); stop it first")]
+    InUse(PathBuf),
+    /// Nothing has been stored yet.
+    #[error("no intake-bot store in {0} yet (the bot has not run with this data_dir)")]
+    Missing(PathBuf),
+    /// The directory holds something this build cannot read.
+    #[error("{0}")]
+    Foreign(String),
+}
+
+/// Paths inside the data directory.
+pub fn state_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("state")
+}
+/// The matrix-sdk store directory.
+pub fn matrix_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("matrix")
+}
+/// The persisted Matrix session (device id and access token).
+pub fn session_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("session.json")
+}
+
+/// An open store; holds the directory lock for its lifetime.
+pub struct Store {
+    db: sled::Db,
+    cases: sled::Tree,
+    outcomes: sled::Tree,
+    meta: sled::Tree,
+    _lock: File,
+}
+
+/// Takes the data directory's lock without blocking.
+pub fn lock(data_dir: &Path) -> Result<File> {
+    let path = data_dir.join("intake-bot.lock");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening lock file {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse(data_dir.to_owned()).into()),
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+impl Store {
+    /// Opens (creating when `create`) the store in `data_dir`.
+    pub fn open(data_dir: &Path, create: bool) -> Result<Store> {
+        let dir = state_dir(data_dir);
+        if !create && !dir.exists() {
+            return Err(StoreError::Missing(data_dir.to_owned()).into());
+        }
+        if create {
+            create_private_dir(data_dir)?;
+        }
+        let lock = lock(data_dir)?;
+        let fresh = !dir.exists();
+        if !fresh && !dir.join("conf").exists() {
+            return Err(StoreError::Foreign(format!(
+                "{} exists but is not a sled database written by intake-bot; refusing to touch it",
+                dir.display()
+            ))
+            .into());
+        }
+        let db = sled::Config::new()
+            .path(&dir)
+            .mode(sled::Mode::LowSpace)
+            .cache_capacity(16 * 1024 * 1024)
+            .open()
+            .map_err(|e| StoreError::Foreign(format!("cannot open the store in {}: {e}", dir.display())))?;
+        let meta = db.open_tree("meta")?;
+        match meta.get(VERSION_KEY)? {
+            None if fresh => {
+                meta.insert(VERSION_KEY, SCHEMA_VERSION.to_string().as_bytes())?;
+                db.flush().context("flushing new store")?;
+            }
+            None => {
+                return Err(StoreError::Foreign(format!(
+                    "{} has no intake-bot schema version; it is corrupt or belongs to something else",
+                    dir.display()
+                ))
+                .into());
+            }
+            Some(v) => {
+                let v: u32 = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    StoreError::Foreign(format!("{}: unreadable schema version", dir.display()))
+                })?;
+                if v != SCHEMA_VERSION {
+                    return Err(StoreError::Foreign(format!(
+                        "{}: schema version {v}, this intake-bot reads version {SCHEMA_VERSION}",
+                        dir.display()
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Store {
+            cases: db.open_tree("cases")?,
+            outcomes: db.open_tree("outcomes")?,
+            meta,
+            db,
+            _lock: lock,
+        })
+    }
+
+    /// Every case in progress, by case key. Unreadable entries are reported
+    /// and skipped rather than stopping the bot.
+    pub fn load_cases(&self) -> Result<BTreeMap<String, Case>> {
+        let mut out = BTreeMap::new();
+        for item in self.cases.iter() {
+            let (k, v) = item.context("reading cases")?;
+            let key = String::from_utf8_lossy(&k).into_owned();
+            match serde_json::from_slice::<Case>(&v) {
+                Ok(c) => {
+                    out.insert(key, c);
+                }
+                Err(e) => tracing::error!(error = %e, "skipping an unreadable case in progress"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn save_case(&self, key: &str, case: &Case) -> Result<()> {
+        self.cases.insert(key.as_bytes(), serde_json::to_vec(case)?).context("saving case")?;
+        Ok(())
+    }
+
+    pub fn delete_case(&self, key: &str) -> Result<()> {
+        self.cases.remove(key.as_bytes()).context("deleting case")?;
+        Ok(())
+    }
+
+    pub fn load_router(&self) -> Result<Option<Router>> {
+        match self.meta.get(ROUTER_KEY)? {
+            None => Ok(None),
+            Some(v) => Ok(Some(serde_json::from_slice(&v).context("reading routing state")?)),
+        }
+    }
+
+    pub fn save_router(&self, r: &Router) -> Result<()> {
+        self.meta.insert(ROUTER_KEY, serde_json::to_vec(r)?).context("saving routing state")?;
+        Ok(())
+    }
+
+    /// Writes an outcome record and flushes it to disk before returning.
+    /// Writing the same case twice keeps the first record.
+    pub async fn record(&self, r: &OutcomeRecord) -> Result<()> {
+        let v = serde_json::to_vec(r)?;
+        let _ = self
+            .outcomes
+            .compare_and_swap(r.case.as_bytes(), None as Option<&[u8]>, Some(v))
+            .context("writing outcome")?;
+        self.db.flush_async().await.context("flushing outcome")?;
+        Ok(())
+    }
+
+    /// All outcome records, ordered by week then case id.
+    pub fn outcomes(&self) -> Result<Vec<OutcomeRecord>> {
+        let mut out = Vec::new();
+        for item in self.outcomes.iter() {
+            let (_, v) = item.context("reading outcomes")?;
+            out.push(serde_json::from_slice::<OutcomeRecord>(&v).context("reading an outcome record")?);
+        }
+        out.sort_by(|a, b| a.week.cmp(&b.week).then(a.case.cmp(&b.case)));
+        Ok(out)
+    }
+
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await.context("flushing store")?;
+        Ok(())
+    }
+}
+
+/// Creates a directory readable only by the bot's user.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Turns room ids into case keys with a secret-keyed hash.
+#[derive(Clone)]
+pub struct RoomKeyer {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for RoomKeyer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomKeyer { .. }")
+    }
+}
+
+impl RoomKeyer {
+    /// Derives the hash key from the store passphrase.
+    pub fn from_secret(secret: &str) -> RoomKeyer {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(b"intake-bot case key v1");
+        RoomKeyer { key: mac.finalize().into_bytes().into() }
+    }
+
+    /// The case key of a room: 32 hex characters.
+    pub fn key(&self, room_id: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(room_id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyer_is_keyed_and_stable() {
+        let a = RoomKeyer::from_secret("one");
+        let b = RoomKeyer::from_secret("two");
+        assert_eq!(a.key("!room"), a.key("!room"));
+        assert_ne!(a.key("!room"), b.key("!room"));
+        assert_ne!(a.key("!room"), a.key("!other"));
+        assert_eq!(a.key("!room").len(), 32);
+        assert!(!a.key("!room").contains("room"));
+    }
+
+    #[tokio::test]
+    async fn lock_version_and_records() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            Store::open(dir.path(), false).err().and_then(|e| e.downcast::<StoreError>().ok()),
+            Some(StoreError::Missing(_))
+        ));
+        let s = Store::open(dir.path(), true).unwrap();
+        // A second holder is refused while the first is open.
+        let e = Store::open(dir.path(), false).err().unwrap();
+        assert!(matches!(e.downcast_ref::<StoreError>(), Some(StoreError::InUse(_))), "{e}");
+        let r = OutcomeRecord {
+            case: "c1".into(),
+            week: "2026-W48".into(),
+            language: "en".into(),
+            answers: BTreeMap::new(),
+            urgent: false,
+            intake_completed: false,
+            counsellor_joined: false,
+            wait: "none".into(),
+            duration: "<5m".into(),
+            outcome: "stopped".into(),
+            step_reached: Some("age".into()),
+        };
+        s.record(&r).await.unwrap();
+        let mut r2 = r.clone();
+        r2.outcome = "advice".into();
+        s.record(&r2).await.unwrap();
+        assert_eq!(s.outcomes().unwrap(), vec![r.clone()]);
+        drop(s);
+        let s = Store::open(dir.path(), false).unwrap();
+        assert_eq!(s.outcomes().unwrap().len(), 1);
+        drop(s);
+        // A foreign version is refused, never reset.
+        {
+            let db = sled::open(state_dir(dir.path())).unwrap();
+            db.open_tree("meta").unwrap().insert(VERSION_KEY, b"99").unwrap();
+            db.flush().unwrap();
+        }
+        let e = Store::open(dir.path(), true).err().unwrap();
+        assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+
+    #[test]
+    fn foreign_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state_dir(dir.path())).unwrap();
+        std::fs::write(state_dir(dir.path()).join("something"), b"not ours").unwrap();
+        let e = Store::open(dir.path(), true).err().unwrap();
+        assert!(e.to_string().contains("not a sled database"), "{e}");
+        assert!(state_dir(dir.path()).join("something").exists());
+    }
+}
