@@ -1,0 +1,586 @@
+//! Test harness: a real Synapse (installed from PyPI on first use, one per
+//! test binary), users registered with the shared secret, matrix-sdk clients
+//! acting as visitor and counsellor, and the real `intake-bot` binary run as
+//! a child process.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::events::InitialStateEvent;
+use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use matrix_sdk::{Client, Room};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running Synapse.
+pub struct Synapse {
+    pub url: String,
+    pub dir: PathBuf,
+    child: Mutex<Child>,
+}
+
+static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python, installing Synapse from PyPI if it is not there yet.
+/// A file lock keeps parallel test binaries from installing twice.
+pub fn synapse_python() -> PathBuf {
+    if let Ok(p) = std::env::var("INTAKE_BOT_SYNAPSE_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = repo().join(".venv-synapse");
+    let python = venv.join("bin/python");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(repo().join(".venv-synapse.lock"))
+        .expect("lock file for the Synapse install");
+    lock.lock().expect("locking the Synapse install");
+    let ok = python.exists()
+        && Command::new(&python).args(["-c", "import synapse"]).status().map(|s| s.success()).unwrap_or(false);
+    if !ok {
+        eprintln!("installing Synapse from PyPI into {} ...", venv.display());
+        let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");
+        assert!(st.success(), "creating the Synapse venv failed");
+        let st = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "matrix-synapse==1.163.*"])
+            .status()
+            .expect("pip install matrix-synapse");
+        assert!(st.success(), "installing matrix-synapse from PyPI failed");
+    }
+    drop(lock);
+    python
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
+}
+
+impl Synapse {
+    /// The Synapse of this test binary, started on first use.
+    pub fn get() -> &'static Synapse {
+        SYNAPSE.get_or_init(Synapse::start)
+    }
+
+    fn start() -> Synapse {
+        let python = synapse_python();
+        let dir = tempfile::Builder::new().prefix("intake-synapse-").tempdir().unwrap().keep();
+        let port = free_port();
+        let config = format!(
+            r#"server_name: localhost
+pid_file: {dir}/homeserver.pid
+report_stats: false
+signing_key_path: {dir}/localhost.signing.key
+media_store_path: {dir}/media_store
+database: {{name: sqlite3, args: {{database: {dir}/homeserver.db}}}}
+listeners:
+  - {{port: {port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false, resources: [{{names: [client], compress: false}}]}}
+registration_shared_secret: test-shared-secret
+enable_registration: false
+bcrypt_rounds: 4
+trusted_key_servers: []
+suppress_key_server_warning: true
+url_preview_enabled: false
+rc_message: {{per_second: 1000, burst_count: 1000}}
+rc_registration: {{per_second: 1000, burst_count: 1000}}
+rc_login: {{address: {{per_second: 1000, burst_count: 1000}}, account: {{per_second: 1000, burst_count: 1000}}, failed_attempts: {{per_second: 1000, burst_count: 1000}}}}
+rc_joins: {{local: {{per_second: 1000, burst_count: 1000}}, remote: {{per_second: 1000, burst_count: 1000}}}}
+rc_joins_per_room: {{per_second: 1000, burst_count: 1000}}
+rc_invites: {{per_room: {{per_second: 1000, burst_count: 1000}}, per_user: {{per_second: 1000, burst_count: 1000}}, per_issuer: {{per_second: 1000, burst_count: 1000}}}}
+rc_room_creation: {{per_second: 1000, burst_count: 1000}}
+rc_key_requests: {{per_second: 1000, burst_count: 1000}}
+rc_3pid_validation: {{per_second: 1000, burst_count: 1000}}
+rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
+"#,
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("homeserver.yaml"), config).unwrap();
+        let st = Command::new(&python)
+            .args(["-m", "synapse.app.homeserver", "-c", "homeserver.yaml", "--generate-keys"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("generating Synapse keys");
+        assert!(st.success(), "synapse --generate-keys failed");
+        let log = File::create(dir.join("synapse.log")).unwrap();
+        // A watchdog shell stops Synapse when this test process goes away,
+        // since statics are never dropped.
+        let script = format!(
+            "\"{py}\" -m synapse.app.homeserver -c homeserver.yaml & s=$!; \
+             while kill -0 {parent} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 1; done; kill $s 2>/dev/null; wait $s",
+            py = python.display(),
+            parent = std::process::id()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .current_dir(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting Synapse");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::{Read, Write};
+                let _ = s.write_all(b"GET /_matrix/client/versions HTTP/1.0\r\n\r\n");
+                let mut buf = String::new();
+                let _ = s.read_to_string(&mut buf);
+                if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "Synapse did not start; see {}/synapse.log", dir.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("Synapse {url} running in {}", dir.display());
+        Synapse { url, dir, child: Mutex::new(child) }
+    }
+
+    /// Registers a user with the shared secret; returns the full user id.
+    pub async fn register(&self, localpart: &str, password: &str) -> String {
+        let http = reqwest::Client::new();
+        let url = format!("{}/_synapse/admin/v1/register", self.url);
+        let nonce: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        let nonce = nonce["nonce"].as_str().unwrap().to_owned();
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-shared-secret").unwrap();
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let body = serde_json::json!({
+            "nonce": nonce, "username": localpart, "password": password, "admin": false,
+            "mac": hex::encode(mac.finalize().into_bytes()),
+        });
+        let resp = http.post(&url).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "registering {localpart}: {}", resp.text().await.unwrap());
+        format!("@{localpart}:localhost")
+    }
+}
+
+/// A unique name for this test run.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+/// A message a test client received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub room: OwnedRoomId,
+    pub sender: OwnedUserId,
+    pub body: String,
+}
+
+/// A visitor's or counsellor's own E2EE client.
+pub struct TestClient {
+    pub client: Client,
+    pub user_id: OwnedUserId,
+    inbox: Arc<Mutex<VecDeque<Received>>>,
+    invites: Arc<Mutex<VecDeque<OwnedRoomId>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestClient {
+    /// Registers `localpart`, logs in on a fresh encrypted store and syncs
+    /// in the background.
+    pub async fn new(localpart: &str) -> TestClient {
+        let hs = Synapse::get();
+        let user = hs.register(localpart, "password").await;
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::builder()
+            .homeserver_url(&hs.url)
+            .sqlite_store(dir.path(), None)
+            .request_config(RequestConfig::short_retry())
+            .build()
+            .await
+            .unwrap();
+        client.matrix_auth().login_username(&user, "password").initial_device_display_name("test").await.unwrap();
+        let inbox: Arc<Mutex<VecDeque<Received>>> = Default::default();
+        let invites: Arc<Mutex<VecDeque<OwnedRoomId>>> = Default::default();
+        client.sync_once(SyncSettings::default()).await.unwrap();
+        let i = inbox.clone();
+        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
+            let i = i.clone();
+            async move {
+                let body = match ev.content.msgtype {
+                    MessageType::Text(t) => t.body,
+                    MessageType::Notice(t) => t.body,
+                    _ => return,
+                };
+                i.lock().unwrap().push_back(Received { room: room.room_id().to_owned(), sender: ev.sender, body });
+            }
+        });
+        let inv = invites.clone();
+        client.add_event_handler(move |ev: StrippedRoomMemberEvent, client: Client, room: Room| {
+            let inv = inv.clone();
+            async move {
+                if Some(ev.state_key.as_ref()) == client.user_id() {
+                    inv.lock().unwrap().push_back(room.room_id().to_owned());
+                }
+            }
+        });
+        let c = client.clone();
+        tokio::spawn(async move {
+            let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
+        });
+        TestClient { user_id: user.as_str().try_into().unwrap(), client, inbox, invites, _dir: dir }
+    }
+
+    /// Creates an encrypted DM the way Element does and invites `bot`.
+    pub async fn open_dm(&self, bot: &str) -> OwnedRoomId {
+        let mut req = CreateRoom::new();
+        req.invite = vec![bot.try_into().unwrap()];
+        req.is_direct = true;
+        req.preset = Some(RoomPreset::TrustedPrivateChat);
+        req.initial_state =
+            vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
+        self.client.create_room(req).await.unwrap().room_id().to_owned()
+    }
+
+    /// Creates a private room and invites `users` (the staff room).
+    pub async fn create_room(&self, invite: &[&str], encrypted: bool) -> OwnedRoomId {
+        let mut req = CreateRoom::new();
+        req.invite = invite.iter().map(|u| (*u).try_into().unwrap()).collect();
+        req.preset = Some(RoomPreset::PrivateChat);
+        if encrypted {
+            req.initial_state = vec![
+                InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
+            ];
+        }
+        self.client.create_room(req).await.unwrap().room_id().to_owned()
+    }
+
+    pub async fn room(&self, id: &RoomId) -> Room {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(r) = self.client.get_room(id) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "room never appeared");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn send(&self, room: &RoomId, text: &str) {
+        let r = self.room(room).await;
+        r.send(RoomMessageEventContent::text_plain(text)).await.unwrap();
+    }
+
+    /// Waits for a message in `room` from someone else that satisfies
+    /// `pred`, dropping the ones before it. Panics after the timeout with
+    /// what did arrive.
+    pub async fn wait_for(&self, room: &RoomId, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            let next = self.inbox.lock().unwrap().pop_front();
+            match next {
+                Some(m) if m.room == room && m.sender != self.user_id => {
+                    if pred(&m.body) {
+                        return m.body;
+                    }
+                    seen.push(m.body);
+                }
+                Some(_) => {}
+                None => {
+                    assert!(Instant::now() < deadline, "timed out waiting for {what}; got instead: {seen:#?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits for a message containing `needle`.
+    pub async fn expect(&self, room: &RoomId, needle: &str) -> String {
+        self.wait_for(room, needle, |b| b.contains(needle)).await
+    }
+
+    /// The next message from someone else in `room`, whatever it says.
+    pub async fn next(&self, room: &RoomId) -> String {
+        self.wait_for(room, "any message", |_| true).await
+    }
+
+    /// Messages from others in `room` received so far, without waiting.
+    pub fn drain(&self, room: &RoomId) -> Vec<String> {
+        let mut inbox = self.inbox.lock().unwrap();
+        let (mine, rest): (Vec<_>, Vec<_>) =
+            inbox.drain(..).partition(|m| m.room == room && m.sender != self.user_id);
+        inbox.extend(rest);
+        mine.into_iter().map(|m| m.body).collect()
+    }
+
+    /// Waits for an invite to a room and returns its id.
+    pub async fn wait_invite(&self) -> OwnedRoomId {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Some(r) = self.invites.lock().unwrap().pop_front() {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "no invite arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether an invite arrived within `wait`.
+    pub async fn invite_within(&self, wait: Duration) -> Option<OwnedRoomId> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(r) = self.invites.lock().unwrap().pop_front() {
+                return Some(r);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    pub async fn join(&self, room: &RoomId) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match self.client.join_room_by_id(room).await {
+                Ok(_) => return,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "join failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn leave(&self, room: &RoomId) {
+        self.room(room).await.leave().await.unwrap();
+    }
+}
+
+/// The bot's side of a test: its accounts, config and process.
+pub struct BotProcess {
+    pub user_id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    starts: usize,
+}
+
+/// Options for a test bot's config.
+pub struct BotOptions<'a> {
+    pub counsellors: &'a [&'a str],
+    pub staff_room: &'a str,
+    pub languages: &'a [&'a str],
+    pub accept_timeout_secs: u64,
+    pub extra: &'a str,
+}
+
+pub const PASSPHRASE: &str = "test store passphrase";
+
+impl BotProcess {
+    /// Registers a bot account and writes its config (the example
+    /// questionnaire, with the given staff settings).
+    pub async fn new(o: BotOptions<'_>) -> BotProcess {
+        let hs = Synapse::get();
+        let local = unique("bot");
+        let user_id = hs.register(&local, "bot-password").await;
+        let dir = tempfile::Builder::new().prefix("intake-bot-").tempdir().unwrap().keep();
+        let example = std::fs::read_to_string(repo().join("config.example.toml")).unwrap();
+        // Keep the questionnaire and texts of the example; replace the rest.
+        let questions = &example[example.find("[[intake.questions]]").unwrap()..example.find("[safety]").unwrap()];
+        let counsellors = o.counsellors.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+        let languages = o.languages.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+        let config = format!(
+            r#"[matrix]
+homeserver_url = "{url}"
+user_id = "{user_id}"
+device_name = "intake-bot test"
+
+[storage]
+data_dir = "data"
+
+[staff]
+room = "{staff}"
+counsellors = [{counsellors}]
+max_active_per_counsellor = 2
+accept_timeout_secs = {timeout}
+
+[intake]
+languages = [{languages}]
+
+{questions}
+
+[outcomes]
+tags = ["advice", "referred", "other"]
+
+{extra}
+"#,
+            url = hs.url,
+            staff = o.staff_room,
+            timeout = o.accept_timeout_secs,
+            extra = o.extra,
+        );
+        let path = dir.join("bot.toml");
+        std::fs::write(&path, config).unwrap();
+        BotProcess { user_id, log: dir.join("bot.log"), config: path, dir, child: None, starts: 0 }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts `intake-bot run`, logging at the most verbose level to a file.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        self.starts += 1;
+        let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_intake-bot"))
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("INTAKE_BOT_PASSWORD", "bot-password")
+            .env("INTAKE_BOT_STORE_PASSPHRASE", PASSPHRASE)
+            .env("RUST_LOG", "trace")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting intake-bot");
+        self.child = Some(child);
+    }
+
+    /// Stops the bot with SIGTERM and returns its exit status and how long
+    /// it took.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("bot is running");
+        let t = Instant::now();
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return (st, t.elapsed());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("bot did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the bot with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs a CLI subcommand against this bot's config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_intake-bot"))
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .expect("running intake-bot")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Exported records as JSON values (the bot must be stopped).
+    pub fn export(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["export", "--format", "jsonl"]);
+        assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+}
+
+impl Drop for BotProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A test's cast: a bot with a staff room, counsellors and a visitor.
+pub struct Scene {
+    pub bot: BotProcess,
+    pub staff_room: OwnedRoomId,
+    pub counsellors: Vec<TestClient>,
+    pub visitor: TestClient,
+}
+
+impl Scene {
+    /// Registers everyone, makes the staff room (the first counsellor
+    /// creates it and invites the bot and the others), starts the bot and
+    /// waits for its online notice.
+    pub async fn new(n_counsellors: usize, languages: &[&str], accept_timeout_secs: u64, extra: &str) -> Scene {
+        let mut counsellors = Vec::new();
+        for _ in 0..n_counsellors {
+            counsellors.push(TestClient::new(&unique("counsellor")).await);
+        }
+        let visitor = TestClient::new(&unique("visitor")).await;
+        let ids: Vec<String> = counsellors.iter().map(|c| c.user_id.to_string()).collect();
+        let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // The bot's account must exist before it can be invited.
+        let mut bot = BotProcess::new(BotOptions {
+            counsellors: &id_refs,
+            staff_room: "!placeholder",
+            languages,
+            accept_timeout_secs,
+            extra,
+        })
+        .await;
+        let mut invite: Vec<&str> = vec![bot.user_id.as_str()];
+        invite.extend(id_refs.iter().skip(1));
+        let staff_room = counsellors[0].create_room(&invite, true).await;
+        for c in counsellors.iter().skip(1) {
+            c.join(&c.wait_invite().await).await;
+        }
+        let cfg = std::fs::read_to_string(&bot.config).unwrap().replace("!placeholder", staff_room.as_str());
+        std::fs::write(&bot.config, cfg).unwrap();
+        bot.start();
+        counsellors[0].expect(&staff_room, "intake-bot is online").await;
+        Scene { bot, staff_room, counsellors, visitor }
+    }
+
+    /// Counsellor `i` types in the staff room and waits for the bot's answer.
+    pub async fn staff(&self, i: usize, command: &str, answer: &str) {
+        self.counsellors[i].send(&self.staff_room, command).await;
+        self.counsellors[i].expect(&self.staff_room, answer).await;
+    }
+}
+
+/// Every file under `dir`, recursively, as bytes.
+pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push((p, b));
+            }
+        }
+    }
+    out
+}
+
+/// Where `needle` occurs in `hay`.
+pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
