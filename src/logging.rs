@@ -2,7 +2,10 @@
 //! room ids; the SDK's lines do at info and below, so its targets stay at
 //! warn unless the operator names them on purpose in `RUST_LOG`.
 
+use std::io::Write;
+
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -24,7 +27,10 @@ pub fn filter_spec(rust_log: Option<&str>) -> String {
             own = d.to_owned();
         }
     }
-    let mut spec = format!("warn,intake_bot={own}");
+    // The SDK logs expected 404s (account data it probes for) at error and
+    // a backup warning every 30 s although the bot uses no key backup:
+    // noise that would hide real trouble from an operator.
+    let mut spec = format!("warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=off,intake_bot={own}");
     for e in extra {
         spec.push(',');
         spec.push_str(&e);
@@ -39,21 +45,97 @@ pub fn init(format: LogFormat) {
         eprintln!("RUST_LOG: {e}; using the default");
         EnvFilter::new(filter_spec(None))
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(ScrubbedStderr);
     match format {
         LogFormat::Pretty => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
     }
 }
 
+/// Replaces anything that looks like a Matrix id (`@user:server`,
+/// `!room`, `#alias`, `$event`) with `<id>`. Every log line passes through
+/// it, the SDK's included, so an id quoted in an error never reaches a log.
+pub fn scrub(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    let mut boundary = true;
+    while let Some(c) = chars.next() {
+        let starts_id = boundary
+            && matches!(c, '@' | '!' | '#' | '$')
+            && chars.peek().is_some_and(|n| n.is_alphanumeric() || matches!(n, '_' | '=' | '-' | '.'));
+        if starts_id {
+            while chars.peek().is_some_and(|n| !n.is_whitespace() && !matches!(n, '"' | '\'' | ',' | ')' | ']' | '}' | '>' | '\\')) {
+                chars.next();
+            }
+            out.push_str("<id>");
+            boundary = false;
+            continue;
+        }
+        boundary = !c.is_alphanumeric();
+        out.push(c);
+    }
+    out
+}
+
+/// An error, scrubbed of ids, for a log field.
+pub fn scrub_err(e: &dyn std::fmt::Display) -> String {
+    scrub(&e.to_string())
+}
+
+/// Hands the formatter a buffer per event and writes it scrubbed to stderr.
+struct ScrubbedStderr;
+
+impl<'a> MakeWriter<'a> for ScrubbedStderr {
+    type Writer = ScrubWriter;
+    fn make_writer(&'a self) -> ScrubWriter {
+        ScrubWriter(Vec::with_capacity(256))
+    }
+}
+
+/// One event's text; scrubbed and written when the formatter drops it.
+struct ScrubWriter(Vec<u8>);
+
+impl Write for ScrubWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for ScrubWriter {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let line = scrub(&String::from_utf8_lossy(&self.0));
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::filter_spec;
+    use super::{filter_spec, scrub};
+
+    #[test]
+    fn scrub_hides_ids() {
+        assert_eq!(
+            scrub("User @alice:localhost not in room !AbC123:localhost (event $ev_1)"),
+            "User <id> not in room <id> (event <id>)"
+        );
+        assert_eq!(scrub("M_FORBIDDEN: \"!xyz\" denied"), "M_FORBIDDEN: \"<id>\" denied");
+        assert_eq!(scrub("user_id=\"@intake:localhost\" device"), "user_id=\"<id>\" device");
+        assert_eq!(scrub("a@b or 5! times"), "a@b or 5! times");
+        assert_eq!(scrub("2026-11-29T23:34:31Z  INFO intake_bot: ok"), "2026-11-29T23:34:31Z  INFO intake_bot: ok");
+    }
 
     #[test]
     fn bare_levels_stay_with_the_bot() {
-        assert_eq!(filter_spec(None), "warn,intake_bot=info");
-        assert_eq!(filter_spec(Some("trace")), "warn,intake_bot=trace");
-        assert_eq!(filter_spec(Some("debug,matrix_sdk=info")), "warn,intake_bot=debug,matrix_sdk=info");
+        let base = "warn,matrix_sdk::http_client=off,matrix_sdk_crypto::backups=off";
+        assert_eq!(filter_spec(None), format!("{base},intake_bot=info"));
+        assert_eq!(filter_spec(Some("trace")), format!("{base},intake_bot=trace"));
+        assert_eq!(filter_spec(Some("debug,matrix_sdk=info")), format!("{base},intake_bot=debug,matrix_sdk=info"));
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::{Config, Secrets};
+pub use crate::logging::scrub_err;
 use crate::store::{self, Store};
 
 /// What the handlers tell the worker.
@@ -64,33 +65,6 @@ pub enum MemberChange {
 struct Ctx {
     tx: mpsc::Sender<Inbound>,
     staff_room: OwnedRoomId,
-}
-
-/// Replaces anything that looks like a Matrix id (`@user:server`,
-/// `!room`, `#alias`, `$event`) with a placeholder, for logging errors that
-/// may quote them.
-pub fn scrub(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    let mut prev_boundary = true;
-    while let Some(c) = chars.next() {
-        if prev_boundary && matches!(c, '@' | '!' | '#' | '$') && chars.peek().is_some_and(|n| n.is_alphanumeric() || *n == '_' || *n == '=' || *n == '-' || *n == '.') {
-            while chars.peek().is_some_and(|n| !n.is_whitespace() && !matches!(n, '"' | '\'' | ',' | ')' | ']' | '}' | '>')) {
-                chars.next();
-            }
-            out.push_str("<id>");
-            prev_boundary = false;
-            continue;
-        }
-        prev_boundary = !c.is_alphanumeric();
-        out.push(c);
-    }
-    out
-}
-
-/// An error chain, scrubbed of ids, for a log line.
-pub fn scrub_err(e: &dyn std::fmt::Display) -> String {
-    scrub(&e.to_string())
 }
 
 /// Builds the client on the encrypted store and logs in or restores the
@@ -349,20 +323,4 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             let _ = ctx.tx.send(Inbound::Member { room, user: ev.state_key, change }).await;
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scrub;
-
-    #[test]
-    fn scrub_hides_ids() {
-        assert_eq!(
-            scrub("User @alice:localhost not in room !AbC123:localhost (event $ev_1)"),
-            "User <id> not in room <id> (event <id>)"
-        );
-        assert_eq!(scrub("M_FORBIDDEN: \"!xyz\" denied"), "M_FORBIDDEN: \"<id>\" denied");
-        assert_eq!(scrub("a@b or 5! times"), "a@b or 5! times");
-        assert_eq!(scrub("error #1"), "error <id>");
-    }
 }
