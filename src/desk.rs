@@ -59,8 +59,10 @@ pub enum Action {
     SaveCase { key: String },
     /// Persist the routing state.
     SaveRouter,
-    /// Write the outcome record (before the goodbye goes out).
+    /// Write the outcome record and flush (before the goodbye goes out).
     Record(OutcomeRecord),
+    /// Persist a case that is being closed (its goodbye may not be sent yet).
+    MarkClosing { key: String, case: Box<Case> },
     /// Delete the in-progress state.
     DeleteCase { key: String },
     /// Leave and forget the room.
@@ -112,7 +114,7 @@ impl Desk {
                 }
             }
             Event::Visitor { key, input } => {
-                let Some(case) = self.cases.get_mut(&key) else { return out };
+                let Some(case) = self.cases.get_mut(&key).filter(|c| c.closing.is_none()) else { return out };
                 let input = match &input {
                     VisitorInput::Text(t) => Input::Text(t),
                     VisitorInput::NonText => Input::NonText,
@@ -194,17 +196,42 @@ impl Desk {
 
     /// Ends a case: record first, then goodbye (if any), withdraw a pending
     /// invite, forget the state and leave.
+    ///
+    /// The case is first stored as closing, so that a crash after the record
+    /// but before the goodbye finishes the goodbye on the next start.
     fn end(&mut self, key: &str, now: i64, outcome: &str, goodbye: Option<String>, out: &mut Vec<Action>) {
-        let Some(case) = self.cases.remove(key) else { return };
-        out.push(Action::Record(OutcomeRecord::from_case(&self.settings, &case, now, outcome)));
-        out.push(Action::DeleteCase { key: key.to_owned() });
+        let Some(mut case) = self.cases.remove(key) else { return };
+        let record = OutcomeRecord::from_case(&self.settings, &case, now, outcome);
+        if goodbye.is_some() {
+            case.closing = Some(outcome.to_owned());
+            out.push(Action::MarkClosing { key: key.to_owned(), case: Box::new(case.clone()) });
+        }
+        out.push(Action::Record(record));
         if let Some(text) = goodbye {
             out.push(Action::Say { key: key.to_owned(), text });
         }
+        out.push(Action::DeleteCase { key: key.to_owned() });
         if let Some(user) = self.router.release(key, now, case.joined_at) {
             out.push(Action::Withdraw { key: key.to_owned(), user });
         }
         out.push(Action::Leave { key: key.to_owned() });
+    }
+
+    /// After a restart: finishes cases that were closing when the bot
+    /// stopped (record again, which keeps the first; goodbye; leave).
+    pub fn finish_closing(&mut self, now: i64) -> Vec<Action> {
+        let mut out = Vec::new();
+        let closing: Vec<String> =
+            self.cases.iter().filter(|(_, c)| c.closing.is_some()).map(|(k, _)| k.clone()).collect();
+        for key in closing {
+            let Some(case) = self.cases.get_mut(&key) else { continue };
+            let outcome = case.closing.take().unwrap_or_default();
+            let lang = case.lang().to_owned();
+            let text = if outcome == tags::STOPPED { TextKey::Stopped } else { TextKey::Goodbye };
+            let bye = self.settings.say(&lang, text, &[]);
+            self.end(&key, now, &outcome, Some(bye), &mut out);
+        }
+        out
     }
 
     fn counsellor_joined(&mut self, key: &str, user: &str, now: i64, out: &mut Vec<Action>) {

@@ -21,6 +21,11 @@ pub const MAX_MESSAGE_CHARS: usize = 4000;
 const MAX_WAITING_MESSAGES: usize = 20;
 /// Longest stretch of one waiting message kept for the summary.
 const MAX_KEPT_CHARS: usize = 1000;
+/// More than this many messages within [`FLOOD_WINDOW_SECS`] is a flood:
+/// one calm notice, then messages are ignored until the visitor is quiet
+/// for a window (emergency words still count).
+pub const FLOOD_MESSAGES: u32 = 8;
+pub const FLOOD_WINDOW_SECS: i64 = 10;
 
 /// Everything the engine needs from the configuration, prepared once.
 #[derive(Debug, Clone)]
@@ -152,12 +157,52 @@ pub struct Case {
     /// Whether the visitor was told their waiting messages will be read.
     #[serde(default)]
     pub waiting_note_sent: bool,
+    /// Flood control: start of the current window, messages in it, when the
+    /// last message came, and whether messages are being ignored.
+    #[serde(default)]
+    pub flood: Flood,
+    /// Set while the case is being closed with this outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closing: Option<String>,
     /// Free-text answers, memory only.
     #[serde(skip)]
     pub free_text: BTreeMap<String, String>,
     /// Messages written while waiting, memory only.
     #[serde(skip)]
     pub waiting_messages: Vec<String>,
+}
+
+/// Per-case flood control state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flood {
+    pub window_start: i64,
+    pub count: u32,
+    pub last: i64,
+    pub ignoring: bool,
+}
+
+impl Flood {
+    /// Counts a message at `now`; returns (ignore it, send the notice).
+    fn count(&mut self, now: i64) -> (bool, bool) {
+        if self.ignoring && now - self.last >= FLOOD_WINDOW_SECS {
+            self.ignoring = false;
+            self.count = 0;
+        }
+        self.last = now;
+        if now - self.window_start >= FLOOD_WINDOW_SECS {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        if self.ignoring {
+            return (true, false);
+        }
+        if self.count > FLOOD_MESSAGES {
+            self.ignoring = true;
+            return (true, true);
+        }
+        (false, false)
+    }
 }
 
 /// What the visitor sent.
@@ -205,6 +250,8 @@ impl Case {
             joined_at: None,
             resend_asked: false,
             waiting_note_sent: false,
+            flood: Flood::default(),
+            closing: None,
             free_text: BTreeMap::new(),
             waiting_messages: Vec::new(),
         };
@@ -232,6 +279,22 @@ impl Case {
     pub fn handle(&mut self, s: &Settings, now: i64, input: Input<'_>) -> Vec<Effect> {
         let mut fx = Vec::new();
         let lang = self.lang_or_default(s).to_owned();
+        if self.step != Step::Counsellor {
+            let (ignore, notice) = self.flood.count(now);
+            if ignore {
+                if notice {
+                    fx.push(Effect::Say(s.say(&lang, TextKey::Flood, &[])));
+                }
+                // Safety first: an emergency word is heard even in a flood.
+                if let Input::Text(t) = input {
+                    let folded = fold(&t.chars().take(MAX_MESSAGE_CHARS).collect::<String>());
+                    if s.is_emergency(&folded) {
+                        self.emergency(s, &mut fx);
+                    }
+                }
+                return fx;
+            }
+        }
         let body = match input {
             Input::Text(t) => t,
             Input::NonText => {

@@ -288,3 +288,26 @@ fn stored_case_round_trips() {
     let back: Case = serde_json::from_str(&json).unwrap();
     assert_eq!(back, c);
 }
+
+#[test]
+fn floods_get_one_notice_then_quiet_until_calm() {
+    let (s, mut c) = started(&["en"]);
+    let mut notices = 0;
+    for i in 0..FLOOD_MESSAGES {
+        let fx = c.handle(&s, 100, Input::Text(&format!("spam {i}")));
+        assert!(says(&fx)[0].starts_with("Sorry"));
+    }
+    for _ in 0..20 {
+        let fx = c.handle(&s, 101, Input::Text("spam"));
+        notices += says(&fx).iter().filter(|t| t.contains("many messages")).count();
+        assert!(says(&fx).iter().all(|t| t.contains("many messages")));
+    }
+    assert_eq!(notices, 1);
+    // Still ignoring while the flood goes on, but danger is always heard.
+    let fx = c.handle(&s, 105, Input::Text("sos"));
+    assert!(fx.contains(&Effect::BecameUrgent));
+    assert_eq!(c.step, Step::Question(0));
+    // Quiet for a window: answers count again.
+    c.handle(&s, 120, Input::Text("1"));
+    assert_eq!(c.step, Step::Question(1));
+}

@@ -124,6 +124,8 @@ impl Worker {
     /// Processes events until `stop` turns true, then flushes the store.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
+        let closing = self.desk.finish_closing(now());
+        self.execute(closing).await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
         self.dispatch(Event::Tick).await;
@@ -312,6 +314,11 @@ impl Worker {
                     }
                 }
                 Action::Record(rec) => self.record(&rec).await,
+                Action::MarkClosing { key, case } => {
+                    if let Err(e) = self.store.save_case(&key, &case) {
+                        error!(case = %case.id, error = %e, "saving the closing case failed");
+                    }
+                }
                 Action::DeleteCase { key } => {
                     if let Err(e) = self.store.delete_case(&key) {
                         error!(error = %e, "deleting a finished case failed");
