@@ -1,0 +1,70 @@
+#![recursion_limit = "256"]
+//! Faults against a real Synapse: the bot killed mid-case and restarted,
+//! messages sent while it was down, a second instance on the same data.
+
+mod common;
+
+use std::time::Duration;
+
+use common::Scene;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_survives_kill_9_and_messages_sent_while_down_are_answered() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    s.visitor.expect(&room, "(1/6)").await;
+    s.visitor.send(&room, "1").await;
+    s.visitor.expect(&room, "(2/6)").await;
+    s.visitor.send(&room, "2").await;
+    s.visitor.expect(&room, "(3/6)").await;
+    // Give the store its flush interval, then kill without warning.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.bot.kill();
+    // While the bot is down the visitor answers the open question.
+    s.visitor.send(&room, "2").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.bot.start();
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+    // The answer sent while down is read: the next question comes, and no
+    // second greeting.
+    s.visitor.expect(&room, "(4/6)").await;
+    for (i, a) in ["1", "1", "1"].iter().enumerate() {
+        if i > 0 {
+            s.visitor.expect(&room, &format!("({}/6)", i + 4)).await;
+        }
+        s.visitor.send(&room, a).await;
+    }
+    s.visitor.expect(&room, "looking for a counsellor").await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    let summary = c.expect(&room, "New chat").await;
+    assert!(summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me work"), "{summary}");
+    c.send(&room, "!close advice").await;
+    s.visitor.expect(&room, "ended this chat").await;
+    let seen = s.visitor.drain(&room);
+    assert!(!seen.iter().any(|m| m.contains("anonymous")), "greeted twice: {seen:?}");
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["answers"]["what"], "labour");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_data_refuses_to_start() {
+    let s = Scene::new(1, &["en"], 120, "").await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_intake-bot"))
+        .arg("--config")
+        .arg(&s.bot.config)
+        .arg("run")
+        .env("INTAKE_BOT_PASSWORD", "bot-password")
+        .env("INTAKE_BOT_STORE_PASSPHRASE", common::PASSPHRASE)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another intake-bot process"), "{err}");
+    // The first instance is unharmed.
+    s.staff(0, "!status", "Waiting: 0").await;
+}
