@@ -105,7 +105,14 @@ prompt = { en = "Tell us what happened, in a few words." }
     let files = all_files(&s.bot.data_dir());
     assert!(files.len() > 3, "the data dir holds the stores: {files:?}", files = files.iter().map(|f| &f.0).collect::<Vec<_>>());
     let log = s.bot.log_text();
-    assert!(log.contains("TRACE") || log.contains("DEBUG") || log.contains("INFO"), "the log has lines");
+    // Positive controls: the scan does read the stores and the log.
+    assert!(
+        files.iter().any(|(_, b)| contains_bytes(b, s.bot.user_id.as_bytes())),
+        "the bot's own id (in session.json) should be found by the scan"
+    );
+    let case_id = records[0]["case"].as_str().unwrap();
+    assert!(log.contains(case_id), "the log names the case by its case id");
+    assert!(log.contains("DEBUG") || log.contains("TRACE") || log.contains("INFO"));
     for (what, value) in &canaries {
         for (path, bytes) in &files {
             assert!(!contains_bytes(bytes, value.as_bytes()), "{what} found in {}", path.display());

@@ -25,7 +25,7 @@ use matrix_sdk::ruma::events::sticker::OriginalSyncStickerEvent;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UInt};
 use matrix_sdk::{Client, Room, RoomState};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secrets};
 pub use crate::logging::scrub_err;
@@ -85,6 +85,7 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
         .build()
         .await
         .context("building the Matrix client (wrong store passphrase or a damaged store?)")?;
+    debug!("Matrix client built on the encrypted store");
     if session_path.exists() {
         let text = std::fs::read_to_string(&session_path)
             .with_context(|| format!("reading {}", session_path.display()))?;
@@ -130,7 +131,9 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Runs the bot until `shutdown` resolves.
 pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output = ()>) -> Result<()> {
+    info!("starting");
     let store = Store::open(&config.storage.data_dir, true)?;
+    debug!("state store open");
     let (client, fresh_login) = connect(&config, &secrets).await?;
     let staff_room: OwnedRoomId = config
         .staff
@@ -238,6 +241,7 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
         };
         match joined {
             Ok(room) => {
+                refresh_member_keys(&client, &room).await;
                 let _ = tx.send(Inbound::StaffReady(room)).await;
                 return;
             }
@@ -250,6 +254,30 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// Fetches the device keys of a room's members now. Without it, the first
+/// encrypted send to a newly met user waits up to 5 s for a key query that
+/// only the next sync iteration would send, and may miss their devices.
+pub async fn refresh_member_keys(client: &Client, room: &Room) {
+    let me = client.user_id().map(ToOwned::to_owned);
+    let members = match room.members(matrix_sdk::RoomMemberships::ACTIVE).await {
+        Ok(m) => m,
+        Err(e) => {
+            debug!(error = %scrub_err(&e), "could not list members for a key query");
+            return;
+        }
+    };
+    for m in members.iter().filter(|m| Some(m.user_id()) != me.as_deref()) {
+        refresh_user_keys(client, m.user_id()).await;
+    }
+}
+
+/// Fetches one user's device keys now (see [`refresh_member_keys`]).
+pub async fn refresh_user_keys(client: &Client, user: &matrix_sdk::ruma::UserId) {
+    if let Err(e) = client.encryption().request_user_identity(user).await {
+        debug!(error = %scrub_err(&e), "key query failed; the SDK will retry on the next sync");
     }
 }
 

@@ -59,6 +59,7 @@ enum Verdict {
 pub struct Worker {
     desk: Desk,
     store: Store,
+    client: Client,
     keyer: RoomKeyer,
     staff_room_id: OwnedRoomId,
     staff: Option<Room>,
@@ -108,6 +109,7 @@ impl Worker {
         Ok(Worker {
             desk: Desk::new(settings, policy, hours, cases, router),
             store,
+            client,
             keyer,
             staff_room_id,
             staff: None,
@@ -211,7 +213,11 @@ impl Worker {
                 }
                 let Some(key) = self.case_key(&room) else { return };
                 let event = match (self.is_counsellor(&user), change) {
-                    (true, MemberChange::Joined) => Event::CounsellorJoined { key, user: user.to_string() },
+                    (true, MemberChange::Joined) => {
+                        // The summary must be encrypted for their devices.
+                        super::refresh_user_keys(&self.client, &user).await;
+                        Event::CounsellorJoined { key, user: user.to_string() }
+                    }
                     (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
                     (false, MemberChange::Left) => Event::VisitorLeft { key },
                     (false, MemberChange::Joined) => return,
@@ -384,6 +390,7 @@ async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUser
         }
     };
     let encrypted = matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted));
+    super::refresh_member_keys(&room.client(), room).await;
     if visitors > 1 {
         let text = settings.say(&lang, TextKey::GroupRoom, &[]);
         let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;

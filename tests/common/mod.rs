@@ -81,6 +81,7 @@ impl Synapse {
     }
 
     fn start() -> Synapse {
+        let t0 = Instant::now();
         let python = synapse_python();
         let dir = tempfile::Builder::new().prefix("intake-synapse-").tempdir().unwrap().keep();
         let port = free_port();
@@ -151,7 +152,7 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
             assert!(Instant::now() < deadline, "Synapse did not start; see {}/synapse.log", dir.display());
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("Synapse {url} running in {}", dir.display());
+        eprintln!("Synapse {url} running in {} (started in {:?})", dir.display(), t0.elapsed());
         Synapse { url, dir, child: Mutex::new(child) }
     }
 
@@ -527,6 +528,7 @@ impl Scene {
     /// creates it and invites the bot and the others), starts the bot and
     /// waits for its online notice.
     pub async fn new(n_counsellors: usize, languages: &[&str], accept_timeout_secs: u64, extra: &str) -> Scene {
+        let t0 = Instant::now();
         let mut counsellors = Vec::new();
         for _ in 0..n_counsellors {
             counsellors.push(TestClient::new(&unique("counsellor")).await);
@@ -551,8 +553,10 @@ impl Scene {
         }
         let cfg = std::fs::read_to_string(&bot.config).unwrap().replace("!placeholder", staff_room.as_str());
         std::fs::write(&bot.config, cfg).unwrap();
+        eprintln!("scene: accounts and staff room ready after {:?}", t0.elapsed());
         bot.start();
         counsellors[0].expect(&staff_room, "intake-bot is online").await;
+        eprintln!("scene: bot online after {:?}", t0.elapsed());
         Scene { bot, staff_room, counsellors, visitor }
     }
 
