@@ -73,6 +73,13 @@ pub struct StaffConfig {
     pub max_active_per_counsellor: u32,
     #[serde(default = "default_accept_timeout")]
     pub accept_timeout_secs: u64,
+    /// A case waiting longer than this is announced again in the staff room.
+    #[serde(default = "default_wait_alert")]
+    pub wait_alert_secs: u64,
+}
+
+fn default_wait_alert() -> u64 {
+    600
 }
 
 fn default_max_active() -> u32 {
@@ -304,6 +311,9 @@ impl Config {
         }
         if self.staff.max_active_per_counsellor == 0 {
             p.push("key `staff.max_active_per_counsellor`: expected at least 1".into());
+        }
+        if self.staff.wait_alert_secs == 0 {
+            p.push("key `staff.wait_alert_secs`: expected at least 1 second".into());
         }
         if self.staff.accept_timeout_secs == 0 {
             p.push("key `staff.accept_timeout_secs`: expected at least 1 second".into());

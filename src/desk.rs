@@ -356,6 +356,17 @@ impl Desk {
                     }
                     out.push(Action::Say { key, text });
                 }
+                Route::LongWait { key, minutes } => {
+                    let Some(case) = self.cases.get(&key) else { continue };
+                    let lang = self.settings.staff_language();
+                    out.push(Action::Staff {
+                        text: self.settings.say(
+                            lang,
+                            TextKey::StaffLongWait,
+                            &[("case", &case.id), ("minutes", &minutes.to_string())],
+                        ),
+                    });
+                }
                 Route::SetAway { missed, .. } => {
                     let lang = self.settings.staff_language();
                     out.push(Action::Staff {
@@ -369,9 +380,17 @@ impl Desk {
         }
     }
 
-    /// The next instant the desk needs a `Tick`.
-    pub fn next_deadline(&self) -> Option<i64> {
-        self.router.next_deadline()
+    /// The next instant the desk needs a `Tick`: a routing deadline, or
+    /// the opening of the chat while cases wait for it.
+    pub fn next_deadline(&self, now: i64) -> Option<i64> {
+        let routing = self.router.next_deadline(&self.policy, self.is_open(now));
+        let opening = match (&self.hours, self.router.queue.is_empty()) {
+            (Some(h), false) if !self.is_open(now) => DateTime::from_timestamp(now, 0)
+                .and_then(|t| h.next_open(t))
+                .map(|t| t.timestamp()),
+            _ => None,
+        };
+        routing.into_iter().chain(opening).min()
     }
 
     /// Cases in progress older than `max_age_secs`: their keys, for expiry.

@@ -21,6 +21,8 @@ const HISTORY: usize = 20;
 pub struct Policy {
     pub max_active: u32,
     pub accept_timeout_secs: i64,
+    /// Waiting longer than this raises [`Route::LongWait`] once.
+    pub wait_alert_secs: i64,
 }
 
 /// One configured counsellor's routing state.
@@ -50,6 +52,9 @@ pub struct Waiting {
     pub declined: Vec<String>,
     /// Position last told to the visitor and when.
     pub told: Option<(usize, i64)>,
+    /// Whether staff were told this case waits long.
+    #[serde(default)]
+    pub alerted: bool,
 }
 
 /// An invite with a deadline.
@@ -71,6 +76,8 @@ pub enum Route {
     Position { key: String, position: usize, estimate_minutes: Option<u64> },
     /// This counsellor missed too many offers and is now away.
     SetAway { counsellor: String, missed: u32 },
+    /// This case has waited longer than the alert threshold.
+    LongWait { key: String, minutes: i64 },
 }
 
 /// Counts for `!status`, never identities.
@@ -142,7 +149,7 @@ impl Router {
         if self.queue.iter().any(|w| w.key == key) || self.offers.contains_key(key) || self.active.contains_key(key) {
             return;
         }
-        self.queue.push(Waiting { key: key.to_owned(), urgent, front, since: now, passed: Vec::new(), declined: Vec::new(), told: None });
+        self.queue.push(Waiting { key: key.to_owned(), urgent, front, since: now, passed: Vec::new(), declined: Vec::new(), told: None, alerted: false });
     }
 
     /// Marks a waiting or offered case urgent.
@@ -198,6 +205,7 @@ impl Router {
             passed: vec![user.clone()],
             declined: Vec::new(),
             told: None,
+            alerted: false,
         });
         Some(user)
     }
@@ -296,6 +304,11 @@ impl Router {
                 }
             }
         }
+        // Long waits: tell staff once per case.
+        for w in self.queue.iter_mut().filter(|w| open && !w.alerted && now - w.since >= p.wait_alert_secs) {
+            w.alerted = true;
+            out.push(Route::LongWait { key: w.key.clone(), minutes: (now - w.since) / 60 });
+        }
         // Queue positions, at most once a minute per visitor.
         for idx in 0..self.queue.len() {
             let position = idx + 1;
@@ -326,15 +339,19 @@ impl Router {
             .map(|(id, _)| id.clone())
     }
 
-    /// The next instant `step` has something to do: an offer deadline or a
-    /// position update held back by the once-a-minute rule.
-    pub fn next_deadline(&self) -> Option<i64> {
+    /// The next instant `step` has something to do: an offer deadline, a
+    /// position update held back by the once-a-minute rule, or a long wait.
+    /// While closed (`open` false) long waits are not announced: nobody is
+    /// there to read it; at opening they are.
+    pub fn next_deadline(&self, p: &Policy, open: bool) -> Option<i64> {
         let offers = self.offers.values().map(|o| o.deadline);
+        let alerts =
+            self.queue.iter().filter(|w| open && !w.alerted).map(|w| w.since + p.wait_alert_secs);
         let told = self.queue.iter().enumerate().filter_map(|(i, w)| match w.told {
             Some((pos, at)) if pos != i + 1 => Some(at + POSITION_INTERVAL_SECS),
             _ => None,
         });
-        offers.chain(told).min()
+        offers.chain(told).chain(alerts).min()
     }
 
     /// Counts for `!status`.

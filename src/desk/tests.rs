@@ -11,7 +11,7 @@ fn desk() -> Desk {
     c.intake.languages = vec!["en".into()];
     c.staff.counsellors = vec![A.into(), B.into()];
     let settings = Settings::from_config(&c);
-    let policy = Policy { max_active: 1, accept_timeout_secs: 60 };
+    let policy = Policy { max_active: 1, accept_timeout_secs: 60, wait_alert_secs: 600 };
     Desk::new(settings, policy, None, BTreeMap::new(), Router::new(&c.staff.counsellors))
 }
 
@@ -182,7 +182,7 @@ fn offer_timeout_moves_to_next_counsellor() {
     d.handle(0, Event::Staff { user: B.into(), text: "!available".into() });
     let out = intake(&mut d, "k", 10);
     assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
-    assert_eq!(d.next_deadline(), Some(70));
+    assert_eq!(d.next_deadline(10), Some(70));
     let out = d.handle(70, Event::Tick);
     assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }));
     assert!(out.contains(&Action::Invite { key: "k".into(), user: B.into() }));
@@ -227,6 +227,11 @@ fn closed_hours_tell_when_open() {
     let said = said_to(&out, "k");
     assert!(said.iter().any(|s| s.contains("closed") && s.contains("mon 09:00") && s.contains("112")), "{said:?}");
     assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })));
+    // The desk wakes at opening time (Monday 2026-12-07 09:00 UTC) and offers the case.
+    let opens = 1_796_634_000;
+    assert_eq!(d.next_deadline(t), Some(opens));
+    let out = d.handle(opens, Event::Tick);
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }), "{out:?}");
 }
 
 #[test]
@@ -354,4 +359,12 @@ fn random_event_sequences_never_panic_or_break_invariants() {
     // The random walk does reach the interesting states.
     assert!(with_counsellor > 100, "{with_counsellor}");
     assert!(closed_by_tag > 10, "{closed_by_tag}");
+}
+
+#[test]
+fn a_long_wait_is_announced_to_staff() {
+    let mut d = desk();
+    intake(&mut d, "k", 0);
+    let out = d.handle(600, Event::Tick);
+    assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("10 minutes")), "{out:?}");
 }

@@ -82,6 +82,7 @@ impl Worker {
         let policy = Policy {
             max_active: config.staff.max_active_per_counsellor,
             accept_timeout_secs: config.staff.accept_timeout_secs as i64,
+            wait_alert_secs: config.staff.wait_alert_secs as i64,
         };
         let hours = match &config.hours {
             Some(h) => Some(Hours::new(&h.timezone, &h.open).map_err(|e| anyhow::anyhow!("key `hours`: {e}"))?),
@@ -134,7 +135,7 @@ impl Worker {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
         loop {
-            let wait = match self.desk.next_deadline() {
+            let wait = match self.desk.next_deadline(now()) {
                 Some(at) => Duration::from_secs((at - now()).max(0) as u64),
                 None => Duration::from_secs(3600),
             };

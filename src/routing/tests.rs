@@ -2,7 +2,7 @@
 
 use super::*;
 
-const P: Policy = Policy { max_active: 2, accept_timeout_secs: 120 };
+const P: Policy = Policy { max_active: 2, accept_timeout_secs: 120, wait_alert_secs: 3600 };
 
 fn router(names: &[&str]) -> Router {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
@@ -101,7 +101,7 @@ fn offer_times_out_moves_on_and_repeated_misses_set_away() {
     r.set_available("@b:x", true);
     r.enqueue("k1", false, false, 0);
     assert_eq!(invites(&r.step(0, true, &P)), vec![inv("k1", "@a:x")]);
-    assert_eq!(r.next_deadline(), Some(120));
+    assert_eq!(r.next_deadline(&P, true), Some(120));
     assert!(r.step(119, true, &P).is_empty());
     let out = r.step(120, true, &P);
     assert_eq!(out[0], Route::Withdraw { key: "k1".into(), counsellor: "@a:x".into() });
@@ -163,7 +163,7 @@ fn positions_are_retold_at_most_once_a_minute() {
     assert!(r.step(1, true, &P).is_empty());
     r.release("k1", 10, None);
     assert!(r.step(10, true, &P).is_empty(), "held back");
-    assert_eq!(r.next_deadline(), Some(60));
+    assert_eq!(r.next_deadline(&P, true), Some(60));
     let out = r.step(60, true, &P);
     assert_eq!(
         out,
@@ -211,4 +211,18 @@ fn state_survives_serialization() {
     // Roster changes keep known state.
     back.sync_roster(&["@a:x".to_string(), "@c:x".to_string()]);
     assert!(back.counsellors.contains_key("@c:x") && !back.counsellors.contains_key("@b:x"));
+}
+
+#[test]
+fn long_waits_alert_staff_once() {
+    let p = Policy { wait_alert_secs: 300, ..P };
+    let mut r = router(&["@a:x"]);
+    r.enqueue("k1", false, false, 0);
+    r.step(0, true, &p);
+    assert_eq!(r.next_deadline(&p, true), Some(300));
+    assert!(!r.step(299, true, &p).iter().any(|x| matches!(x, Route::LongWait { .. })));
+    let out = r.step(300, true, &p);
+    assert!(out.contains(&Route::LongWait { key: "k1".into(), minutes: 5 }), "{out:?}");
+    assert!(!r.step(900, true, &p).iter().any(|x| matches!(x, Route::LongWait { .. })));
+    assert_eq!(r.next_deadline(&p, true), None);
 }
