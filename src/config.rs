@@ -199,11 +199,27 @@ fn default_tags() -> Vec<String> {
 pub struct PrivacyConfig {
     #[serde(default = "default_retention")]
     pub in_progress_retention_hours: u64,
+    /// A file holding a Synapse admin access token. When set, the room of
+    /// every finished case is deleted and purged from the homeserver.
+    #[serde(default)]
+    pub purge_admin_token_file: Option<PathBuf>,
+    /// Seconds between the goodbye and the purge, so the visitor's client
+    /// has time to show the goodbye and its help numbers.
+    #[serde(default = "default_purge_delay")]
+    pub purge_delay_secs: u64,
+}
+
+fn default_purge_delay() -> u64 {
+    120
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        Self { in_progress_retention_hours: default_retention() }
+        Self {
+            in_progress_retention_hours: default_retention(),
+            purge_admin_token_file: None,
+            purge_delay_secs: default_purge_delay(),
+        }
     }
 }
 
@@ -280,6 +296,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.matrix.store_passphrase_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.privacy.purge_admin_token_file.as_mut() {
             fix(p);
         }
     }

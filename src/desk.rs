@@ -65,8 +65,8 @@ pub enum Action {
     MarkClosing { key: String, case: Box<Case> },
     /// Delete the in-progress state.
     DeleteCase { key: String },
-    /// Leave and forget the room.
-    Leave { key: String },
+    /// Leave and forget the room (and purge it, where configured).
+    Leave { key: String, case_id: String },
 }
 
 /// The desk: open cases, routing, and the config they run by.
@@ -214,7 +214,7 @@ impl Desk {
         if let Some(user) = self.router.release(key, now, case.joined_at) {
             out.push(Action::Withdraw { key: key.to_owned(), user });
         }
-        out.push(Action::Leave { key: key.to_owned() });
+        out.push(Action::Leave { key: key.to_owned(), case_id: case.id });
     }
 
     /// After a restart: finishes cases that were closing when the bot

@@ -7,11 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Scene, TIMEOUT, TestClient, all_files, contains_bytes, unique};
+use common::{Scene, Synapse, TIMEOUT, TestClient, all_files, contains_bytes, unique};
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
-use matrix_sdk::ruma::events::room::message::{LocationMessageEventContent, MessageType, RoomMessageEventContent};
+use matrix_sdk::ruma::events::room::message::{
+    LocationMessageEventContent, MessageType, ReplacementMetadata, RoomMessageEventContent,
+};
 use matrix_sdk::RoomMemberships;
 
 /// Every message the bot sent in `room`, as the visitor's client fetches
@@ -212,4 +214,106 @@ async fn group_rooms_are_explained_and_left() {
     assert!(why.contains("112"));
     wait_bot_gone(v, &room, &s.bot.user_id).await;
     assert!(v.drain(&room).iter().all(|m| !m.contains("(1/6)")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_long_messages_edits_and_floods() {
+    let s = Scene::new(1, &["en"], 120, "").await;
+    let v = &s.visitor;
+    let room = v.open_dm(&s.bot.user_id).await;
+    v.expect(&room, "(1/6)").await;
+    // Very long: a kind "keep it short", the question stays open.
+    v.send(&room, &"a".repeat(5000)).await;
+    v.expect(&room, "very long").await;
+    // An edit: the edited text counts as the answer.
+    let r = v.room(&room).await;
+    let sent = r.send(RoomMessageEventContent::text_plain("banana")).await.unwrap();
+    v.expect(&room, "Sorry").await;
+    let edit = RoomMessageEventContent::text_plain("2")
+        .make_replacement(ReplacementMetadata::new(sent.response.event_id.clone(), None));
+    r.send(edit).await.unwrap();
+    v.expect(&room, "(2/6)").await;
+    // A second visitor, in another room, while the first one floods.
+    let other = TestClient::new(&unique("visitor")).await;
+    let other_room = other.open_dm(&s.bot.user_id).await;
+    other.expect(&other_room, "(1/6)").await;
+    for i in 0..20 {
+        v.send(&room, &format!("hello {i}")).await;
+    }
+    other.send(&other_room, "1").await;
+    other.expect(&other_room, "(2/6)").await;
+    v.expect(&room, "many messages").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = v.drain(&room);
+    assert_eq!(got.iter().filter(|m| m.contains("many messages")).count(), 0, "one flood notice only: {got:?}");
+    // After a quiet spell answers count again.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    v.send(&room, "1").await;
+    v.expect(&room, "(3/6)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_past_retention_are_removed_even_if_the_bot_was_down() {
+    let mut s = Scene::new(1, &["en"], 120, "[privacy]\nin_progress_retention_hours = 1\n").await;
+    let v = &s.visitor;
+    let room = v.open_dm(&s.bot.user_id).await;
+    v.expect(&room, "(1/6)").await;
+    v.send(&room, "1").await;
+    v.expect(&room, "(2/6)").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.bot.stop();
+    // While the bot is down, two hours pass: age the stored case.
+    {
+        let db = sled::open(s.bot.data_dir().join("state")).unwrap();
+        let cases = db.open_tree("cases").unwrap();
+        let (k, val) = cases.iter().next().expect("a case in progress").unwrap();
+        let mut case: serde_json::Value = serde_json::from_slice(&val).unwrap();
+        case["started"] = serde_json::json!(case["started"].as_i64().unwrap() - 2 * 3600);
+        cases.insert(k, serde_json::to_vec(&case).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    s.bot.start();
+    wait_bot_gone(v, &room, &s.bot.user_id).await;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "expired");
+    let db = sled::open(s.bot.data_dir().join("state")).unwrap();
+    assert_eq!(db.open_tree("cases").unwrap().len(), 0, "the case state is deleted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_rooms_are_purged_from_the_homeserver_when_configured() {
+    let hs = Synapse::get();
+    let token = hs.admin_token().await;
+    let token_file = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let extra = format!("[privacy]\npurge_admin_token_file = \"{}\"\npurge_delay_secs = 2\n", token_file.display());
+    let s = Scene::new(1, &["en"], 120, &extra).await;
+    s.staff(0, "!available", "You are available").await;
+    let v = &s.visitor;
+    let room = v.open_dm(&s.bot.user_id).await;
+    for (i, a) in ["1", "1", "1", "1", "1", "1"].iter().enumerate() {
+        v.expect(&room, &format!("({}/6)", i + 1)).await;
+        v.send(&room, a).await;
+    }
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    c.send(&room, "!close advice").await;
+    v.expect(&room, "ended this chat").await;
+    // The room disappears from the homeserver.
+    let http = reqwest::Client::new();
+    let url = format!("{}/_synapse/admin/v1/rooms/{}", hs.url, room.as_str().replace('!', "%21").replace(':', "%3A"));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let st = http.get(&url).bearer_auth(&token).send().await.unwrap().status();
+        if st.as_u16() == 404 {
+            break;
+        }
+        assert!(st.is_success(), "admin API: {st}");
+        assert!(Instant::now() < deadline, "room was not purged");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

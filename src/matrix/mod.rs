@@ -6,6 +6,7 @@
 //! logs a room id, a visitor's user id or message text; SDK errors pass
 //! through [`scrub`] before they are logged, since they can quote ids.
 
+pub mod purge;
 pub mod worker;
 
 use std::future::Future;

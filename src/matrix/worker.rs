@@ -70,6 +70,7 @@ pub struct Worker {
     retention_secs: i64,
     require_encryption: bool,
     counsellors: Vec<OwnedUserId>,
+    purger: Option<super::purge::Purger>,
     prepared_tx: mpsc::Sender<(Room, Verdict)>,
     prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
 }
@@ -106,6 +107,14 @@ impl Worker {
             .iter()
             .filter_map(|c| UserId::parse(c.as_str()).ok())
             .collect();
+        let purger = match &config.privacy.purge_admin_token_file {
+            Some(f) => Some(super::purge::Purger::new(
+                &config.matrix.homeserver_url,
+                f,
+                Duration::from_secs(config.privacy.purge_delay_secs),
+            )?),
+            None => None,
+        };
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         Ok(Worker {
             desk: Desk::new(settings, policy, hours, cases, router),
@@ -119,6 +128,7 @@ impl Worker {
             retention_secs: config.privacy.in_progress_retention_hours as i64 * 3600,
             require_encryption: config.intake.require_encryption,
             counsellors,
+            purger,
             prepared_tx,
             prepared_rx: Some(prepared_rx),
         })
@@ -331,12 +341,16 @@ impl Worker {
                         error!(error = %e, "deleting a finished case failed");
                     }
                 }
-                Action::Leave { key } => {
+                Action::Leave { key, case_id } => {
                     if let Some(room) = self.rooms.remove(&key) {
+                        let room_id = room.room_id().to_owned();
                         if let Err(e) = room.leave().await {
                             warn!(error = %scrub_err(&e), "leaving a finished case's room failed");
                         } else if let Err(e) = room.forget().await {
                             debug!(error = %scrub_err(&e), "forgetting a finished case's room failed");
+                        }
+                        if let Some(p) = self.purger.clone() {
+                            tokio::spawn(async move { p.purge(room_id, &case_id).await });
                         }
                     }
                 }

@@ -158,14 +158,34 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
 
     /// Registers a user with the shared secret; returns the full user id.
     pub async fn register(&self, localpart: &str, password: &str) -> String {
+        self.register_as(localpart, password, false).await
+    }
+
+    /// Registers a server admin and returns an access token for it.
+    pub async fn admin_token(&self) -> String {
+        let local = unique("admin");
+        self.register_as(&local, "admin-password", true).await;
+        let http = reqwest::Client::new();
+        let body = serde_json::json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": local},
+            "password": "admin-password",
+        });
+        let resp: serde_json::Value =
+            http.post(format!("{}/_matrix/client/v3/login", self.url)).json(&body).send().await.unwrap().json().await.unwrap();
+        resp["access_token"].as_str().expect("admin login").to_owned()
+    }
+
+    async fn register_as(&self, localpart: &str, password: &str, admin: bool) -> String {
         let http = reqwest::Client::new();
         let url = format!("{}/_synapse/admin/v1/register", self.url);
         let nonce: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
         let nonce = nonce["nonce"].as_str().unwrap().to_owned();
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"test-shared-secret").unwrap();
-        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let kind = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0{kind}").as_bytes());
         let body = serde_json::json!({
-            "nonce": nonce, "username": localpart, "password": password, "admin": false,
+            "nonce": nonce, "username": localpart, "password": password, "admin": admin,
             "mac": hex::encode(mac.finalize().into_bytes()),
         });
         let resp = http.post(&url).json(&body).send().await.unwrap();
