@@ -430,7 +430,7 @@ impl Config {
             } else if !tags.insert(t) {
                 p.push(format!("key `outcomes.tags[{i}]`: duplicate tag `{t}`"));
             }
-            if matches!(t.as_str(), "abandoned" | "stopped" | "expired" | "unencrypted") {
+            if matches!(t.as_str(), "abandoned" | "stopped" | "expired" | "unencrypted" | "group") {
                 p.push(format!("key `outcomes.tags[{i}]`: `{t}` is reserved for the bot"));
             }
         }

@@ -25,6 +25,8 @@ pub enum Event {
     Visitor { key: String, input: VisitorInput },
     /// The visitor left the room.
     VisitorLeft { key: String },
+    /// A second non-counsellor joined: the chat is no longer one-to-one.
+    Intruder { key: String },
     /// A configured counsellor joined a case room.
     CounsellorJoined { key: String, user: String },
     /// A configured counsellor left a case room or declined its invite.
@@ -131,6 +133,12 @@ impl Desk {
             Event::VisitorLeft { key } => {
                 if self.cases.contains_key(&key) {
                     self.end(&key, now, tags::ABANDONED, None, &mut out);
+                }
+            }
+            Event::Intruder { key } => {
+                if let Some(case) = self.cases.get(&key) {
+                    let bye = self.settings.say(case.lang(), TextKey::GroupRoom, &[]);
+                    self.end(&key, now, tags::GROUP, Some(bye), &mut out);
                 }
             }
             Event::CounsellorJoined { key, user } => self.counsellor_joined(&key, &user, now, &mut out),

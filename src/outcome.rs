@@ -20,6 +20,8 @@ pub mod tags {
     pub const STOPPED: &str = "stopped";
     pub const EXPIRED: &str = "expired";
     pub const UNENCRYPTED: &str = "unencrypted";
+    /// Someone other than the visitor and counsellors joined mid-case.
+    pub const GROUP: &str = "group";
 }
 
 /// One finished case.

@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Scene, TIMEOUT};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 
 /// Answers the six questions of the example questionnaire, each after the
 /// question has arrived.
@@ -140,11 +141,8 @@ async fn close_from_someone_else_changes_nothing() {
     v.room(&room).await.invite_user_by_id(&c1.user_id).await.unwrap();
     c1.join(&c1.wait_invite().await).await;
     c1.expect(&room, "moved on").await;
-    // Someone who is no counsellor at all, in the room: their !close is text.
-    let stranger = common::TestClient::new(&common::unique("stranger")).await;
-    v.room(&room).await.invite_user_by_id(&stranger.user_id).await.unwrap();
-    stranger.join(&stranger.wait_invite().await).await;
-    stranger.send(&room, "!close referred").await;
+    // Whatever c1 manages to send before removal is ordinary text.
+    let _ = c1.room(&room).await.send(RoomMessageEventContent::text_plain("!close referred")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let got = v.drain(&room);
     assert!(!got.iter().any(|m| m.contains("ended this chat")), "{got:?}");

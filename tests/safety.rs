@@ -214,6 +214,19 @@ async fn group_rooms_are_explained_and_left() {
     assert!(why.contains("112"));
     wait_bot_gone(v, &room, &s.bot.user_id).await;
     assert!(v.drain(&room).iter().all(|m| !m.contains("(1/6)")));
+
+    // A third person joining in the middle of a case ends it the same way.
+    let dm = v.open_dm(&s.bot.user_id).await;
+    v.expect(&dm, "(1/6)").await;
+    v.room(&dm).await.invite_user_by_id(&friend.user_id).await.unwrap();
+    friend.join(&friend.wait_invite().await).await;
+    v.expect(&dm, "only for one person").await;
+    wait_bot_gone(v, &dm, &s.bot.user_id).await;
+    let mut s = s;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "group");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -368,3 +368,13 @@ fn a_long_wait_is_announced_to_staff() {
     let out = d.handle(600, Event::Tick);
     assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("10 minutes")), "{out:?}");
 }
+
+#[test]
+fn a_third_person_joining_ends_the_case() {
+    let mut d = desk();
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    let out = d.handle(1, Event::Intruder { key: "k".into() });
+    assert_eq!(record(&out).unwrap().outcome, "group");
+    assert!(said_to(&out, "k")[0].contains("only for one person"));
+    assert!(d.cases.is_empty());
+}

@@ -231,7 +231,13 @@ impl Worker {
                     }
                     (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
                     (false, MemberChange::Left) => Event::VisitorLeft { key },
-                    (false, MemberChange::Joined) => return,
+                    (false, MemberChange::Joined) => {
+                        // Anyone but the visitor joining makes it a group.
+                        if visitors_in(&room, &self.counsellors).await <= 1 {
+                            return;
+                        }
+                        Event::Intruder { key }
+                    }
                 };
                 self.dispatch(event).await;
             }
@@ -396,14 +402,7 @@ async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUser
         delay *= 2;
     }
     let lang = settings.staff_language().to_owned();
-    let me = room.own_user_id().to_owned();
-    let visitors = match room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await {
-        Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
-        Err(e) => {
-            warn!(error = %scrub_err(&e), "could not read a room's members");
-            1
-        }
-    };
+    let visitors = visitors_in(room, counsellors).await;
     let encrypted = matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted));
     super::refresh_member_keys(&room.client(), room).await;
     if visitors > 1 {
@@ -423,6 +422,19 @@ async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUser
             let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
             leave(room).await;
             Verdict::Unencrypted
+        }
+    }
+}
+
+/// How many members (joined or invited) are neither the bot nor a
+/// configured counsellor.
+async fn visitors_in(room: &Room, counsellors: &[OwnedUserId]) -> usize {
+    let me = room.own_user_id().to_owned();
+    match room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await {
+        Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not read a room's members");
+            1
         }
     }
 }
