@@ -98,6 +98,12 @@ impl Desk {
         self.hours.as_ref().is_none_or(|h| h.is_open(DateTime::from_timestamp(now, 0).unwrap_or_default()))
     }
 
+    /// Notes that an event (by keyed hash) of a case room is being handled.
+    /// False when it was handled before: the caller drops it.
+    pub fn note_event(&mut self, key: &str, hash: &str) -> bool {
+        self.cases.get_mut(key).is_none_or(|c| c.note_event(hash))
+    }
+
     /// The case id of a key, for logs.
     pub fn case_id(&self, key: &str) -> Option<&str> {
         self.cases.get(key).map(|c| c.id.as_str())

@@ -68,3 +68,42 @@ async fn a_second_instance_on_the_same_data_refuses_to_start() {
     // The first instance is unharmed.
     s.staff(0, "!status", "Waiting: 0").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_an_answer_loses_nothing_and_repeats_nothing() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    s.visitor.expect(&room, "(1/6)").await;
+    s.visitor.send(&room, "1").await;
+    // The bot is killed the moment the next question is visible.
+    s.visitor.expect(&room, "(2/6)").await;
+    s.bot.kill();
+    // Two answers while it is down, in quick succession.
+    s.visitor.send(&room, "2").await;
+    s.visitor.send(&room, "3").await;
+    s.bot.start();
+    // Both are handled, in order: question 3 then question 4.
+    s.visitor.expect(&room, "(3/6)").await;
+    s.visitor.expect(&room, "(4/6)").await;
+    // Killed again at once after a restart: nothing is handled twice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.bot.kill();
+    s.bot.start();
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+    s.visitor.send(&room, "1").await;
+    let next = s.visitor.next(&room).await;
+    assert!(next.contains("(5/6)"), "{next}");
+    for a in ["1", "1"] {
+        s.visitor.send(&room, a).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.visitor.expect(&room, "looking for a counsellor").await;
+    let seen = s.visitor.drain(&room);
+    assert!(!seen.iter().any(|m| m.contains("(3/6)") || m.contains("(4/6)") || m.contains("anonymous")), "{seen:?}");
+    s.staff(0, "!available", "You are available").await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    let summary = c.expect(&room, "New chat").await;
+    assert!(summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me do crimes"), "{summary}");
+}

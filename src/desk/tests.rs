@@ -378,3 +378,23 @@ fn a_third_person_joining_ends_the_case() {
     assert!(said_to(&out, "k")[0].contains("only for one person"));
     assert!(d.cases.is_empty());
 }
+
+#[test]
+fn events_seen_again_change_nothing() {
+    let mut d = desk();
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    assert!(d.note_event("k", "h1"));
+    d.handle(1, text("k", "1"));
+    assert!(!d.note_event("k", "h1"), "the same event again is refused");
+    assert!(d.note_event("k", "h2"));
+    // The memory is bounded and survives the store.
+    for i in 0..100 {
+        d.note_event("k", &format!("x{i}"));
+    }
+    let c = &d.cases["k"];
+    assert_eq!(c.seen.len(), crate::intake::SEEN_EVENTS);
+    let back: crate::intake::Case = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+    assert!(back.seen.contains(&"x99".to_string()));
+    // Unknown rooms: nothing to de-duplicate against.
+    assert!(d.note_event("nope", "h"));
+}

@@ -26,6 +26,8 @@ const MAX_KEPT_CHARS: usize = 1000;
 /// for a window (emergency words still count).
 pub const FLOOD_MESSAGES: u32 = 8;
 pub const FLOOD_WINDOW_SECS: i64 = 10;
+/// How many handled events a case remembers for de-duplication.
+pub const SEEN_EVENTS: usize = 32;
 
 /// Everything the engine needs from the configuration, prepared once.
 #[derive(Debug, Clone)]
@@ -161,6 +163,10 @@ pub struct Case {
     /// last message came, and whether messages are being ignored.
     #[serde(default)]
     pub flood: Flood,
+    /// Keyed hashes of the last events handled in this room, so an event
+    /// seen again (after a restart, or in a back-fill) changes nothing.
+    #[serde(default)]
+    pub seen: std::collections::VecDeque<String>,
     /// Set while the case is being closed with this outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closing: Option<String>,
@@ -251,6 +257,7 @@ impl Case {
             resend_asked: false,
             waiting_note_sent: false,
             flood: Flood::default(),
+            seen: Default::default(),
             closing: None,
             free_text: BTreeMap::new(),
             waiting_messages: Vec::new(),
@@ -419,6 +426,18 @@ impl Case {
             fx.push(Effect::Say(s.say(self.lang(), TextKey::Finding, &[])));
             fx.push(Effect::IntakeDone);
         }
+    }
+
+    /// Records an event (by keyed hash) as handled; false if it already was.
+    pub fn note_event(&mut self, hash: &str) -> bool {
+        if self.seen.iter().any(|h| h == hash) {
+            return false;
+        }
+        self.seen.push_back(hash.to_owned());
+        while self.seen.len() > SEEN_EVENTS {
+            self.seen.pop_front();
+        }
+        true
     }
 
     /// Puts the case back to waiting (transfer, counsellor left).

@@ -21,9 +21,11 @@ use matrix_sdk::encryption::EncryptionSettings;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent, StrippedRoomMemberEvent};
-use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, Relation};
+use matrix_sdk::ruma::events::room::message::{
+    MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
+};
 use matrix_sdk::ruma::events::sticker::OriginalSyncStickerEvent;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UInt};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UInt};
 use matrix_sdk::{Client, Room, RoomState};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -38,7 +40,7 @@ pub enum Inbound {
     /// The bot was invited to a room (not the staff room).
     Invited(Room),
     /// A message in a room the bot is in.
-    Message { room: Room, sender: OwnedUserId, body: Body },
+    Message { room: Room, sender: OwnedUserId, body: Body, event_id: OwnedEventId },
     /// Someone's membership changed in a room the bot is in.
     Member { room: Room, user: OwnedUserId, change: MemberChange },
     /// The staff room is joined and writable.
@@ -224,7 +226,7 @@ async fn sync_loop(client: Client, mut settings: SyncSettings) {
                     warn!(error = %scrub_err(&e), "sync failed; retrying with backoff until the homeserver answers");
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+                delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -293,6 +295,21 @@ async fn on_invite(ev: StrippedRoomMemberEvent, client: Client, room: Room, ctx:
     let _ = ctx.tx.send(Inbound::Invited(room)).await;
 }
 
+/// What of a message the desk sees; None for notices, which bots send and
+/// the bot never answers. An edit counts with its new text.
+pub fn message_body(content: RoomMessageEventContent) -> Option<Body> {
+    let msgtype = match content.relates_to {
+        Some(Relation::Replacement(r)) => r.new_content.msgtype,
+        _ => content.msgtype,
+    };
+    Some(match msgtype {
+        MessageType::Text(t) => Body::Text(t.body),
+        MessageType::Notice(_) => return None,
+        MessageType::Emote(t) => Body::Text(t.body),
+        _ => Body::NonText,
+    })
+}
+
 fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     let c = ctx.clone();
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, client: Client, room: Room| {
@@ -301,18 +318,8 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
                 return;
             }
-            let msgtype = match ev.content.relates_to {
-                Some(Relation::Replacement(r)) => r.new_content.msgtype,
-                _ => ev.content.msgtype,
-            };
-            let body = match msgtype {
-                MessageType::Text(t) => Body::Text(t.body),
-                // Notices are what bots send: never answer them.
-                MessageType::Notice(_) => return,
-                MessageType::Emote(t) => Body::Text(t.body),
-                _ => Body::NonText,
-            };
-            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body }).await;
+            let Some(body) = message_body(ev.content) else { return };
+            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body, event_id: ev.event_id }).await;
         }
     });
     let c = ctx.clone();
@@ -322,7 +329,10 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
                 return;
             }
-            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body: Body::NonText }).await;
+            let _ = ctx
+                .tx
+                .send(Inbound::Message { room, sender: ev.sender, body: Body::NonText, event_id: ev.event_id })
+                .await;
         }
     });
     let c = ctx.clone();
@@ -333,7 +343,10 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
                 return;
             }
-            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body: Body::Undecryptable }).await;
+            let _ = ctx
+                .tx
+                .send(Inbound::Message { room, sender: ev.sender, body: Body::Undecryptable, event_id: ev.event_id })
+                .await;
         }
     });
     let c = ctx;

@@ -10,7 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
+use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::ruma::events::room::member::MembershipState;
+use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UInt, UserId};
 use matrix_sdk::{Client, EncryptionState, Room, RoomMemberships};
 use rand::RngCore;
 use tokio::sync::{mpsc, watch};
@@ -26,6 +29,9 @@ use crate::intake::text::TextKey;
 use crate::outcome::OutcomeRecord;
 use crate::routing::Policy;
 use crate::store::{RoomKeyer, Store};
+
+/// How far back a restart looks for messages it missed.
+const BACKFILL_LIMIT: u32 = 50;
 
 /// How often cases past the retention limit are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -139,6 +145,7 @@ impl Worker {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         let closing = self.desk.finish_closing(now());
         self.execute(closing).await;
+        self.backfill().await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
         self.dispatch(Event::Tick).await;
@@ -195,7 +202,7 @@ impl Worker {
                     let _ = tx.send((room, verdict)).await;
                 });
             }
-            Inbound::Message { room, sender, body } => {
+            Inbound::Message { room, sender, body, event_id } => {
                 if room.room_id() == self.staff_room_id {
                     if let Body::Text(text) = body {
                         self.dispatch(Event::Staff { user: sender.to_string(), text }).await;
@@ -203,6 +210,11 @@ impl Worker {
                     return;
                 }
                 let Some(key) = self.case_key(&room) else { return };
+                if !self.desk.note_event(&key, &self.keyer.key(event_id.as_str())) {
+                    debug!(case = self.desk.case_id(&key).unwrap_or("?"), "event already handled; dropped");
+                    return;
+                }
+                self.execute(vec![Action::SaveCase { key: key.clone() }]).await;
                 let event = if self.is_counsellor(&sender) {
                     match body {
                         Body::Text(text) => Event::CounsellorText { key, user: sender.to_string(), text },
@@ -273,6 +285,55 @@ impl Worker {
         }
     }
 
+    /// After a restart: reads each case room's recent history and handles,
+    /// in order, the messages not handled yet (sent while the bot was down,
+    /// or received just before a crash). Stops at the newest handled event
+    /// or at the bot's own join. Events handled twice are dropped anyway.
+    async fn backfill(&mut self) {
+        let me = self.client.user_id().map(ToOwned::to_owned);
+        let rooms: Vec<(String, Room)> = self.rooms.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
+        for (key, room) in rooms {
+            let mut opts = MessagesOptions::backward();
+            opts.limit = UInt::from(BACKFILL_LIMIT);
+            let chunk = match room.messages(opts).await {
+                Ok(m) => m.chunk,
+                Err(e) => {
+                    warn!(case = self.desk.case_id(&key).unwrap_or("?"), error = %scrub_err(&e), "back-fill failed");
+                    continue;
+                }
+            };
+            let mut missed = Vec::new();
+            for ev in chunk {
+                let Some(event_id) = ev.event_id() else { continue };
+                let seen = self.desk.cases.get(&key).is_some_and(|c| c.seen.contains(&self.keyer.key(event_id.as_str())));
+                if seen {
+                    break;
+                }
+                match ev.raw().deserialize() {
+                    Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+                        SyncMessageLikeEvent::Original(m),
+                    ))) if Some(&m.sender) != me.as_ref() => {
+                        if let Some(body) = super::message_body(m.content) {
+                            missed.push(Inbound::Message { room: room.clone(), sender: m.sender, body, event_id });
+                        }
+                    }
+                    Ok(AnySyncTimelineEvent::State(AnySyncStateEvent::RoomMember(m)))
+                        if Some(m.state_key()) == me.as_ref() && m.membership() == &MembershipState::Join =>
+                    {
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            if !missed.is_empty() {
+                info!(case = self.desk.case_id(&key).unwrap_or("?"), messages = missed.len(), "handling messages missed while down");
+            }
+            for m in missed.into_iter().rev() {
+                self.inbound(m).await;
+            }
+        }
+    }
+
     /// Ends cases kept past `privacy.in_progress_retention_hours`.
     async fn sweep(&mut self) {
         let t = now();
@@ -288,9 +349,27 @@ impl Worker {
         self.execute(actions).await;
     }
 
+    /// Carries out the desk's actions in order. Store writes become
+    /// durable before anything the visitor or staff can see goes out, so a
+    /// crash never leaves a visible step the store does not know.
     #[instrument(skip_all)]
     async fn execute(&mut self, actions: Vec<Action>) {
+        let mut dirty = false;
         for a in actions {
+            let visible = matches!(
+                a,
+                Action::Say { .. } | Action::Staff { .. } | Action::Invite { .. } | Action::Withdraw { .. } | Action::Leave { .. }
+            );
+            if visible && dirty {
+                if let Err(e) = self.store.flush().await {
+                    error!(error = %e, "flushing the store failed");
+                }
+                dirty = false;
+            }
+            dirty |= matches!(
+                a,
+                Action::SaveCase { .. } | Action::SaveRouter | Action::MarkClosing { .. } | Action::DeleteCase { .. }
+            );
             match a {
                 Action::Say { key, text } => {
                     let case = self.case_label(&key);

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Synapse {
     pub url: String,
     pub dir: PathBuf,
+    port: u16,
+    python: PathBuf,
     child: Mutex<Child>,
 }
 
@@ -121,23 +123,50 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
             .status()
             .expect("generating Synapse keys");
         assert!(st.success(), "synapse --generate-keys failed");
-        let log = File::create(dir.join("synapse.log")).unwrap();
-        // A watchdog shell stops Synapse when this test process goes away,
-        // since statics are never dropped.
+        let child = Synapse::spawn(&python, &dir);
+        let url = format!("http://127.0.0.1:{port}");
+        Synapse::wait_ready(port, &dir);
+        eprintln!("Synapse {url} running in {} (started in {:?})", dir.display(), t0.elapsed());
+        Synapse { url, dir, port, python, child: Mutex::new(child) }
+    }
+
+    /// Starts Synapse in `dir` under a watchdog shell that stops it when
+    /// this test process goes away (statics are never dropped).
+    fn spawn(python: &Path, dir: &Path) -> Child {
+        let log = OpenOptions::new().create(true).append(true).open(dir.join("synapse.log")).unwrap();
         let script = format!(
-            "\"{py}\" -m synapse.app.homeserver -c homeserver.yaml & s=$!; \
+            "\"{py}\" -m synapse.app.homeserver -c homeserver.yaml & s=$!; echo $s > synapse.pid; \
              while kill -0 {parent} 2>/dev/null && kill -0 $s 2>/dev/null; do sleep 1; done; kill $s 2>/dev/null; wait $s",
             py = python.display(),
             parent = std::process::id()
         );
-        let child = Command::new("sh")
+        Command::new("sh")
             .args(["-c", &script])
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("starting Synapse");
-        let url = format!("http://127.0.0.1:{port}");
+            .expect("starting Synapse")
+    }
+
+    /// Stops Synapse (SIGTERM through its pid file) and waits for it.
+    pub fn stop(&self) {
+        let pid = std::fs::read_to_string(self.dir.join("synapse.pid")).expect("Synapse pid file");
+        let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        let mut child = self.child.lock().unwrap();
+        let _ = child.wait();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts Synapse again after [`Synapse::stop`], same port and data.
+    pub fn restart(&self) {
+        *self.child.lock().unwrap() = Synapse::spawn(&self.python, &self.dir);
+        Synapse::wait_ready(self.port, &self.dir);
+    }
+
+    fn wait_ready(port: u16, dir: &Path) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -152,8 +181,6 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
             assert!(Instant::now() < deadline, "Synapse did not start; see {}/synapse.log", dir.display());
             std::thread::sleep(Duration::from_millis(200));
         }
-        eprintln!("Synapse {url} running in {} (started in {:?})", dir.display(), t0.elapsed());
-        Synapse { url, dir, child: Mutex::new(child) }
     }
 
     /// Registers a user with the shared secret; returns the full user id.
@@ -256,9 +283,17 @@ impl TestClient {
                 }
             }
         });
+        // Keeps syncing through homeserver outages (Client::sync stops at
+        // the first error).
         let c = client.clone();
         tokio::spawn(async move {
-            let _ = c.sync(SyncSettings::default().timeout(Duration::from_secs(5))).await;
+            let mut settings = SyncSettings::default().timeout(Duration::from_secs(5));
+            loop {
+                match c.sync_once(settings.clone()).await {
+                    Ok(r) => settings = settings.token(r.next_batch),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
         });
         TestClient { user_id: user.as_str().try_into().unwrap(), client, inbox, invites, _dir: dir }
     }
@@ -497,6 +532,11 @@ tags = ["advice", "referred", "other"]
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The running bot's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("bot is running").id()
     }
 
     /// Kills the bot with SIGKILL.
