@@ -160,10 +160,12 @@ impl Desk {
             Event::Tick => {}
         }
         self.route(now, &mut out);
-        out
+        saves_first(out)
     }
 
     /// Carries out the engine's effects for one case.
+    ///
+    /// (Persisting actions are moved to the front by [`saves_first`].)
     fn apply(&mut self, key: &str, now: i64, fx: Vec<Effect>, out: &mut Vec<Action>) {
         for e in fx {
             match e {
@@ -425,6 +427,25 @@ impl Desk {
         let (case, _) = Case::start(&self.settings, case_id, now);
         OutcomeRecord::from_case(&self.settings, &case, now, tags::UNENCRYPTED)
     }
+}
+
+/// Moves the save actions to the front (once each), keeping the order of
+/// the rest. They persist the state as it is after the event, which must be
+/// durable before anything visible goes out. Deleting stays in place: a
+/// closing case is deleted only after its goodbye.
+fn saves_first(actions: Vec<Action>) -> Vec<Action> {
+    let (mut saves, rest): (Vec<Action>, Vec<Action>) =
+        actions.into_iter().partition(|a| matches!(a, Action::SaveCase { .. } | Action::SaveRouter));
+    let mut seen = Vec::new();
+    saves.retain(|a| {
+        let new = !seen.contains(a);
+        if new {
+            seen.push(a.clone());
+        }
+        new
+    });
+    saves.extend(rest);
+    saves
 }
 
 #[cfg(test)]

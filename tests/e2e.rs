@@ -35,6 +35,10 @@ async fn full_case_ends_in_an_exported_record() {
     v.expect(&room, "looking for a counsellor").await;
 
     let c = &s.counsellors[0];
+    // The bot bootstrapped cross-signing: counsellors see its identity.
+    let bot_id: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
+    let identity = c.client.encryption().request_user_identity(&bot_id).await.unwrap();
+    assert!(identity.is_some(), "the bot has no cross-signing identity");
     let case_room = c.wait_invite().await;
     assert_eq!(case_room, room);
     c.join(&case_room).await;

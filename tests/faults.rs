@@ -107,3 +107,37 @@ async fn kill_9_right_after_an_answer_loses_nothing_and_repeats_nothing() {
     let summary = c.expect(&room, "New chat").await;
     assert!(summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me do crimes"), "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_an_offer_pending_and_right_after_a_close() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    for (i, a) in ["1", "1", "1", "1", "1", "1"].iter().enumerate() {
+        s.visitor.expect(&room, &format!("({}/6)", i + 1)).await;
+        s.visitor.send(&room, a).await;
+    }
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    // Killed while the offer is pending; the counsellor joins while it is down.
+    s.bot.kill();
+    c.join(&room).await;
+    s.bot.start();
+    let summary = c.expect(&room, "New chat").await;
+    assert!(summary.contains("Under 15"), "{summary}");
+    s.visitor.expect(&room, "A counsellor is here").await;
+    // Killed right after the close is visible: one record, one goodbye.
+    c.send(&room, "!close referred").await;
+    s.visitor.expect(&room, "ended this chat").await;
+    s.bot.kill();
+    s.bot.start();
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = s.visitor.drain(&room);
+    assert!(!again.iter().any(|m| m.contains("ended this chat")), "goodbye twice: {again:?}");
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "referred");
+    assert_eq!(records[0]["counsellor_joined"], true);
+}

@@ -11,6 +11,8 @@ use common::{Scene, Synapse, TIMEOUT, TestClient, all_files, contains_bytes, uni
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::events::reaction::ReactionEventContent;
+use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, ReplacementMetadata, RoomMessageEventContent,
 };
@@ -246,6 +248,13 @@ async fn odd_input_long_messages_edits_and_floods() {
         .make_replacement(ReplacementMetadata::new(sent.response.event_id.clone(), None));
     r.send(edit).await.unwrap();
     v.expect(&room, "(2/6)").await;
+    // Reactions, redactions and notices (what bots send) get no answer and
+    // answer nothing.
+    r.send(ReactionEventContent::new(Annotation::new(sent.response.event_id.clone(), "👍".into()))).await.unwrap();
+    r.redact(&sent.response.event_id, None, None).await.unwrap();
+    r.send(RoomMessageEventContent::notice_plain("1")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(v.drain(&room).is_empty(), "the bot answered a reaction, redaction or notice");
     // A second visitor, in another room, while the first one floods.
     let other = TestClient::new(&unique("visitor")).await;
     let other_room = other.open_dm(&s.bot.user_id).await;
@@ -259,7 +268,8 @@ async fn odd_input_long_messages_edits_and_floods() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = v.drain(&room);
     assert_eq!(got.iter().filter(|m| m.contains("many messages")).count(), 0, "one flood notice only: {got:?}");
-    // After a quiet spell answers count again.
+    // After a quiet spell answers count again; the notice "1" above did not
+    // answer question 2.
     tokio::time::sleep(Duration::from_secs(10)).await;
     v.send(&room, "1").await;
     v.expect(&room, "(3/6)").await;

@@ -111,7 +111,8 @@ fn a_whole_case_from_greeting_to_close() {
         .filter(|k| *k != "other")
         .collect();
     assert_eq!(kinds, vec!["record", "say", "delete", "leave"]);
-    assert!(matches!(&out[0], Action::MarkClosing { case, .. } if case.closing.as_deref() == Some("referred")));
+    let first = out.iter().find(|a| !matches!(a, Action::SaveCase { .. } | Action::SaveRouter)).unwrap();
+    assert!(matches!(first, Action::MarkClosing { case, .. } if case.closing.as_deref() == Some("referred")));
     assert!(said_to(&out, "k")[0].contains("112"));
     assert!(d.cases.is_empty());
     assert!(d.router.active.is_empty());
@@ -141,8 +142,9 @@ fn stop_records_before_goodbye() {
     let mut d = desk();
     d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
     let out = d.handle(1, text("k", "stop"));
-    assert!(matches!(out[0], Action::MarkClosing { .. }));
-    assert!(matches!(out[1], Action::Record(ref r) if r.outcome == "stopped"));
+    let rest: Vec<&Action> = out.iter().filter(|a| !matches!(a, Action::SaveCase { .. } | Action::SaveRouter)).collect();
+    assert!(matches!(rest[0], Action::MarkClosing { .. }));
+    assert!(matches!(rest[1], Action::Record(r) if r.outcome == "stopped"));
     assert!(said_to(&out, "k")[0].contains("ended"));
     assert!(d.cases.is_empty());
 }
@@ -254,7 +256,9 @@ fn a_crash_while_closing_finishes_the_goodbye_on_restart() {
     let out = d.handle(3, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!close advice".into() });
     // Simulate the store after a crash right after the record: the case
     // saved as closing, routing as it was before.
-    let Action::MarkClosing { case, .. } = &out[0] else { panic!("{out:?}") };
+    let Some(Action::MarkClosing { case, .. }) = out.iter().find(|a| matches!(a, Action::MarkClosing { .. })) else {
+        panic!("{out:?}")
+    };
     let mut cases = BTreeMap::new();
     cases.insert("k".to_string(), (**case).clone());
     let mut restarted = Desk::new(d.settings.clone(), d.policy, None, cases, d.router.clone());
@@ -397,4 +401,21 @@ fn events_seen_again_change_nothing() {
     assert!(back.seen.contains(&"x99".to_string()));
     // Unknown rooms: nothing to de-duplicate against.
     assert!(d.note_event("nope", "h"));
+}
+
+#[test]
+fn state_is_saved_before_anything_visible() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    let visible = |a: &Action| matches!(a, Action::Say { .. } | Action::Staff { .. } | Action::Invite { .. } | Action::Withdraw { .. } | Action::Leave { .. });
+    let check = |out: &[Action]| {
+        let first_visible = out.iter().position(visible).unwrap_or(out.len());
+        let last_save = out.iter().rposition(|a| matches!(a, Action::SaveCase { .. } | Action::SaveRouter));
+        assert!(last_save.is_none_or(|s| s < first_visible), "{out:?}");
+    };
+    check(&d.handle(1, Event::Opened { key: "k".into(), case_id: "c".into() }));
+    for a in ["1", "banana", "2", "1", "1", "1", "1"] {
+        check(&d.handle(2, text("k", a)));
+    }
+    check(&d.handle(3, Event::CounsellorJoined { key: "k".into(), user: A.into() }));
 }
