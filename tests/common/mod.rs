@@ -4,7 +4,7 @@
 //! a child process.
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -233,13 +233,18 @@ pub struct Received {
     pub room: OwnedRoomId,
     pub sender: OwnedUserId,
     pub body: String,
+    /// When the (decrypted) message reached this client.
+    pub at: Instant,
 }
+
+/// Messages per room, so waits in different rooms never steal each other's.
+type Inbox = Arc<Mutex<HashMap<OwnedRoomId, VecDeque<Received>>>>;
 
 /// A visitor's or counsellor's own E2EE client.
 pub struct TestClient {
     pub client: Client,
     pub user_id: OwnedUserId,
-    inbox: Arc<Mutex<VecDeque<Received>>>,
+    inbox: Inbox,
     invites: Arc<Mutex<VecDeque<OwnedRoomId>>>,
     _dir: tempfile::TempDir,
 }
@@ -259,7 +264,7 @@ impl TestClient {
             .await
             .unwrap();
         client.matrix_auth().login_username(&user, "password").initial_device_display_name("test").await.unwrap();
-        let inbox: Arc<Mutex<VecDeque<Received>>> = Default::default();
+        let inbox: Inbox = Default::default();
         let invites: Arc<Mutex<VecDeque<OwnedRoomId>>> = Default::default();
         client.sync_once(SyncSettings::default()).await.unwrap();
         let i = inbox.clone();
@@ -271,7 +276,9 @@ impl TestClient {
                     MessageType::Notice(t) => t.body,
                     _ => return,
                 };
-                i.lock().unwrap().push_back(Received { room: room.room_id().to_owned(), sender: ev.sender, body });
+                let at = Instant::now();
+                let room = room.room_id().to_owned();
+                i.lock().unwrap().entry(room.clone()).or_default().push_back(Received { room, sender: ev.sender, body, at });
             }
         });
         let inv = invites.clone();
@@ -342,14 +349,19 @@ impl TestClient {
     /// `pred`, dropping the ones before it. Panics after the timeout with
     /// what did arrive.
     pub async fn wait_for(&self, room: &RoomId, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_for_at(room, what, pred).await.0
+    }
+
+    /// Like [`TestClient::wait_for`], also returning when it arrived.
+    pub async fn wait_for_at(&self, room: &RoomId, what: &str, pred: impl Fn(&str) -> bool) -> (String, Instant) {
         let deadline = Instant::now() + TIMEOUT;
         let mut seen = Vec::new();
         loop {
-            let next = self.inbox.lock().unwrap().pop_front();
+            let next = self.inbox.lock().unwrap().get_mut(room).and_then(VecDeque::pop_front);
             match next {
-                Some(m) if m.room == room && m.sender != self.user_id => {
+                Some(m) if m.sender != self.user_id => {
                     if pred(&m.body) {
-                        return m.body;
+                        return (m.body, m.at);
                     }
                     seen.push(m.body);
                 }
@@ -372,13 +384,24 @@ impl TestClient {
         self.wait_for(room, "any message", |_| true).await
     }
 
+    /// Without waiting: drops messages in `room` up to the first from
+    /// someone else containing `needle`, and returns when it arrived.
+    pub fn try_find(&self, room: &RoomId, needle: &str) -> Option<Instant> {
+        let mut inbox = self.inbox.lock().unwrap();
+        let q = inbox.get_mut(room)?;
+        while let Some(m) = q.pop_front() {
+            if m.sender != self.user_id && m.body.contains(needle) {
+                return Some(m.at);
+            }
+        }
+        None
+    }
+
     /// Messages from others in `room` received so far, without waiting.
     pub fn drain(&self, room: &RoomId) -> Vec<String> {
         let mut inbox = self.inbox.lock().unwrap();
-        let (mine, rest): (Vec<_>, Vec<_>) =
-            inbox.drain(..).partition(|m| m.room == room && m.sender != self.user_id);
-        inbox.extend(rest);
-        mine.into_iter().map(|m| m.body).collect()
+        let msgs: Vec<Received> = inbox.get_mut(room).map(|q| q.drain(..).collect()).unwrap_or_default();
+        msgs.into_iter().filter(|m| m.sender != self.user_id).map(|m| m.body).collect()
     }
 
     /// Waits for an invite to a room and returns its id.
@@ -439,6 +462,7 @@ pub struct BotOptions<'a> {
     pub staff_room: &'a str,
     pub languages: &'a [&'a str],
     pub accept_timeout_secs: u64,
+    pub max_active: u32,
     pub extra: &'a str,
 }
 
@@ -469,7 +493,7 @@ data_dir = "data"
 [staff]
 room = "{staff}"
 counsellors = [{counsellors}]
-max_active_per_counsellor = 2
+max_active_per_counsellor = {max_active}
 accept_timeout_secs = {timeout}
 
 [intake]
@@ -485,6 +509,7 @@ tags = ["advice", "referred", "other"]
             url = hs.url,
             staff = o.staff_room,
             timeout = o.accept_timeout_secs,
+            max_active = o.max_active,
             extra = o.extra,
         );
         let path = dir.join("bot.toml");
@@ -507,7 +532,7 @@ tags = ["advice", "referred", "other"]
             .arg("run")
             .env("INTAKE_BOT_PASSWORD", "bot-password")
             .env("INTAKE_BOT_STORE_PASSPHRASE", PASSPHRASE)
-            .env("RUST_LOG", "trace")
+            .env("RUST_LOG", std::env::var("INTAKE_BOT_TEST_LOG").unwrap_or_else(|_| "trace".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -588,6 +613,17 @@ impl Scene {
     /// creates it and invites the bot and the others), starts the bot and
     /// waits for its online notice.
     pub async fn new(n_counsellors: usize, languages: &[&str], accept_timeout_secs: u64, extra: &str) -> Scene {
+        Scene::with_capacity(n_counsellors, languages, accept_timeout_secs, 2, extra).await
+    }
+
+    /// [`Scene::new`] with `max_active_per_counsellor` set.
+    pub async fn with_capacity(
+        n_counsellors: usize,
+        languages: &[&str],
+        accept_timeout_secs: u64,
+        max_active: u32,
+        extra: &str,
+    ) -> Scene {
         let t0 = Instant::now();
         let mut counsellors = Vec::new();
         for _ in 0..n_counsellors {
@@ -602,6 +638,7 @@ impl Scene {
             staff_room: "!placeholder",
             languages,
             accept_timeout_secs,
+            max_active,
             extra,
         })
         .await;

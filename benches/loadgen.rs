@@ -1,0 +1,464 @@
+#![recursion_limit = "256"]
+//! Load generator: a local Synapse, the bot (release build), N visitors on
+//! their own E2EE clients doing whole intakes at once, counsellors who
+//! accept and close; then the same visitors against a bare echo bot on the
+//! same SDK, as the floor the homeserver sets.
+//!
+//!     cargo bench --bench loadgen -- --visitors 200
+//!     cargo bench --bench loadgen -- --visitors 50 --restart-rooms 1000
+//!
+//! Built (not run) by the test command, so it cannot rot. Runs only on
+//! request. Writes its report to `target/loadgen-report.md` and stdout.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Scene, Synapse, TestClient, unique};
+use matrix_sdk::config::SyncSettings;
+use matrix_sdk::ruma::events::room::member::StrippedRoomMemberEvent;
+use matrix_sdk::ruma::events::room::message::{MessageType, OriginalSyncRoomMessageEvent, RoomMessageEventContent};
+
+use matrix_sdk::ruma::{OwnedRoomId, RoomId};
+use matrix_sdk::{Client, Room, RoomState};
+
+const ANSWERS: [&str; 6] = ["1", "2", "1", "1", "2", "1"];
+
+#[derive(Debug, Clone)]
+struct Args {
+    visitors: usize,
+    counsellors: usize,
+    restart_rooms: usize,
+    baseline: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { visitors: 20, counsellors: 0, restart_rooms: 0, baseline: true };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = || it.next().and_then(|v| v.parse().ok()).expect("a number after the flag");
+        match arg.as_str() {
+            "--visitors" => a.visitors = num(),
+            "--counsellors" => a.counsellors = num(),
+            "--restart-rooms" => a.restart_rooms = num(),
+            "--no-baseline" => a.baseline = false,
+            "--bench" => {}
+            other => panic!("unknown argument {other}; see the header of benches/loadgen.rs"),
+        }
+    }
+    if a.counsellors == 0 {
+        a.counsellors = (a.visitors / 20).max(2);
+    }
+    a
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--echo-bot") {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(echo_bot(args[2].clone(), args[3].clone(), args[4].clone(), args[5].clone()));
+        return;
+    }
+    let args = parse_args();
+    if std::env::var_os("INTAKE_BOT_TEST_LOG").is_none() {
+        // SAFETY: single-threaded here, before the runtime starts.
+        unsafe { std::env::set_var("INTAKE_BOT_TEST_LOG", "info") };
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(run(args));
+}
+
+/// Latency samples and outcomes of one run.
+#[derive(Default, Debug)]
+struct Run {
+    turns: Vec<Duration>,
+    invites: Vec<Duration>,
+    completed: usize,
+    lost: usize,
+    stuck: usize,
+    wall: Duration,
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+/// CPU seconds (user + system) and peak RSS in MB of a process.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let cpu = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
+        })
+        .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0;
+    (cpu, hwm)
+}
+
+fn synapse_pid() -> u32 {
+    std::fs::read_to_string(Synapse::get().dir.join("synapse.pid")).unwrap().trim().parse().unwrap()
+}
+
+/// Registers and logs in `n` visitors, a few at a time.
+async fn visitors(n: usize) -> Vec<Arc<TestClient>> {
+    let mut out = Vec::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+        let made = futures_join(chunk.iter().map(|_| async { Arc::new(TestClient::new(&unique("lv")).await) })).await;
+        out.extend(made);
+    }
+    out
+}
+
+async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("task"));
+    }
+    out
+}
+
+async fn run(args: Args) {
+    let t_setup = Instant::now();
+    let hs = Synapse::get();
+    eprintln!("loadgen: {} visitors, {} counsellors", args.visitors, args.counsellors);
+    let vs = visitors(args.visitors).await;
+    eprintln!("loadgen: visitors ready after {:?}", t_setup.elapsed());
+
+    let mut report = String::new();
+    report.push_str(&format!(
+        "Command: `cargo bench --bench loadgen -- --visitors {} --counsellors {}{}`\n\n",
+        args.visitors,
+        args.counsellors,
+        if args.restart_rooms > 0 { format!(" --restart-rooms {}", args.restart_rooms) } else { String::new() }
+    ));
+
+    // The intake bot.
+    let cap = (args.visitors / args.counsellors + 2) as u32;
+    let mut scene = Scene::with_capacity(args.counsellors, &["en"], 600, cap, "").await;
+    for i in 0..args.counsellors {
+        scene.staff(i, "!available", "You are available").await;
+    }
+    let bot_pid = scene.bot.pid();
+    let syn_pid = synapse_pid();
+    let (syn_cpu0, _) = proc_usage(syn_pid);
+    let (bot_cpu0, _) = proc_usage(bot_pid);
+    let bot = intake_run(&scene, &vs).await;
+    let (bot_cpu1, bot_hwm) = proc_usage(bot_pid);
+    let (syn_cpu1, _) = proc_usage(syn_pid);
+
+    // The baseline: same visitors, same number of turns, an echo bot.
+    let echo = if args.baseline { Some(echo_run(&vs).await) } else { None };
+
+    let mut b = bot;
+    let (p50, p95, p99) = (pct(&mut b.turns, 0.5), pct(&mut b.turns, 0.95), pct(&mut b.turns, 0.99));
+    report.push_str("| measure | intake-bot | echo baseline | ratio |\n|---|---|---|---|\n");
+    let (e50, e95, e99) = match &echo {
+        Some(e) => {
+            let mut t = e.turns.clone();
+            (pct(&mut t, 0.5), pct(&mut t, 0.95), pct(&mut t, 0.99))
+        }
+        None => (Duration::ZERO, Duration::ZERO, Duration::ZERO),
+    };
+    let ratio = |a: Duration, b: Duration| {
+        if b.is_zero() { "-".to_owned() } else { format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64()) }
+    };
+    for (name, a, e) in [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)] {
+        report.push_str(&format!("| {name} | {} | {} | {} |\n", ms(a), ms(e), ratio(a, e)));
+    }
+    let mut inv = b.invites.clone();
+    report.push_str(&format!(
+        "| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} / {} / {} | | |\n",
+        ms(pct(&mut inv, 0.5)),
+        ms(pct(&mut inv, 0.95)),
+        ms(pct(&mut inv, 0.99))
+    ));
+    report.push_str(&format!(
+        "| cases completed / lost / stuck | {} / {} / {} | {} | |\n",
+        b.completed,
+        b.lost,
+        b.stuck,
+        echo.as_ref().map(|e| format!("{} / {} / {}", e.completed, e.lost, e.stuck)).unwrap_or_default()
+    ));
+    report.push_str(&format!("| wall time of the run (s) | {:.1} | {} | |\n", b.wall.as_secs_f64(),
+        echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()));
+    report.push_str(&format!("| bot peak RSS (MB) | {bot_hwm:.0} | | |\n"));
+    report.push_str(&format!("| bot CPU seconds | {:.1} | | |\n", bot_cpu1 - bot_cpu0));
+    report.push_str(&format!("| Synapse CPU seconds | {:.1} | | |\n", syn_cpu1 - syn_cpu0));
+    report.push_str(&format!("| turns measured | {} | {} | |\n", b.turns.len(), echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)));
+
+    if args.restart_rooms > 0 {
+        let secs = restart_run(&mut scene, args.restart_rooms).await;
+        report.push_str(&format!("| restart with {} rooms: start to next question (s) | {secs:.1} | | |\n", args.restart_rooms));
+    }
+    let _ = hs;
+    println!("{report}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/loadgen-report.md");
+    std::fs::write(&path, &report).unwrap();
+    eprintln!("loadgen: report written to {}", path.display());
+}
+
+/// Every visitor does a whole intake at once; counsellors accept and close.
+async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>]) -> Run {
+    let last_answer: Arc<Mutex<HashMap<OwnedRoomId, Instant>>> = Default::default();
+    let invites: Arc<Mutex<Vec<Duration>>> = Default::default();
+    // Counsellors: accept every invite, read the summary, close.
+    let mut counsellor_tasks = Vec::new();
+    for c in &scene.counsellors {
+        let client = c.client.clone();
+        let last = last_answer.clone();
+        let inv = invites.clone();
+        counsellor_tasks.push(tokio::spawn(counsellor_loop(client, last, inv)));
+    }
+    let t0 = Instant::now();
+    let tasks: Vec<_> = vs
+        .iter()
+        .map(|v| {
+            let v = v.clone();
+            let bot = scene.bot.user_id.clone();
+            let last = last_answer.clone();
+            tokio::spawn(async move { visitor_intake(v, bot, last).await })
+        })
+        .collect();
+    let mut run = Run::default();
+    for t in tasks {
+        match t.await.expect("visitor task") {
+            Ok(turns) => {
+                run.turns.extend(turns);
+                run.completed += 1;
+            }
+            Err(Outcome::Lost) => run.lost += 1,
+            Err(Outcome::Stuck) => run.stuck += 1,
+        }
+    }
+    run.wall = t0.elapsed();
+    for t in counsellor_tasks {
+        t.abort();
+    }
+    run.invites = invites.lock().unwrap().clone();
+    run
+}
+
+enum Outcome {
+    Lost,
+    Stuck,
+}
+
+async fn wait_text(v: &TestClient, room: &RoomId, needle: &str) -> Option<Instant> {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            if let Some(at) = v.try_find(room, needle) {
+                return at;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .ok()
+}
+
+async fn visitor_intake(
+    v: Arc<TestClient>,
+    bot: String,
+    last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>,
+) -> Result<Vec<Duration>, Outcome> {
+    let room = v.open_dm(&bot).await;
+    wait_text(&v, &room, "(1/6)").await.ok_or(Outcome::Lost)?;
+    let mut turns = Vec::new();
+    for (i, a) in ANSWERS.iter().enumerate() {
+        let next = if i < 5 { format!("({}/6)", i + 2) } else { "looking for a counsellor".to_owned() };
+        let t = Instant::now();
+        if i == 5 {
+            last.lock().unwrap().insert(room.clone(), t);
+        }
+        v.send(&room, a).await;
+        let at = wait_text(&v, &room, &next).await.ok_or(Outcome::Stuck)?;
+        turns.push(at.saturating_duration_since(t));
+    }
+    wait_text(&v, &room, "ended this chat").await.ok_or(Outcome::Stuck)?;
+    Ok(turns)
+}
+
+async fn counsellor_loop(client: Client, last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>, inv: Arc<Mutex<Vec<Duration>>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OwnedRoomId, Instant)>();
+    client.add_event_handler(move |ev: StrippedRoomMemberEvent, c: Client, room: Room| {
+        let tx = tx.clone();
+        async move {
+            if Some(ev.state_key.as_ref()) == c.user_id() && room.state() == RoomState::Invited {
+                let _ = tx.send((room.room_id().to_owned(), Instant::now()));
+            }
+        }
+    });
+    // Join every offer, then close the case once the summary has come.
+    while let Some((room, at)) = rx.recv().await {
+        if let Some(t) = last.lock().unwrap().get(&room) {
+            inv.lock().unwrap().push(at.saturating_duration_since(*t));
+        }
+        let c = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..50 {
+                if c.join_room_by_id(&room).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Give the summary time to arrive, then close.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(r) = c.get_room(&room) {
+                let _ = r.send(RoomMessageEventContent::text_plain("!close advice")).await;
+            }
+        });
+    }
+}
+
+/// The same visitors, the same number of turns, against an echo bot.
+async fn echo_run(vs: &[Arc<TestClient>]) -> Run {
+    let hs = Synapse::get();
+    let local = unique("echo");
+    let user = hs.register(&local, "echo-password").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--echo-bot", &hs.url, &user, "echo-password", dir.path().to_str().unwrap()])
+        .spawn()
+        .expect("starting the echo bot");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let t0 = Instant::now();
+    let tasks: Vec<_> = vs
+        .iter()
+        .map(|v| {
+            let v = v.clone();
+            let user = user.clone();
+            tokio::spawn(async move {
+                let room = v.open_dm(&user).await;
+                wait_text(&v, &room, "echo ready").await.ok_or(Outcome::Lost)?;
+                let mut turns = Vec::new();
+                for (i, a) in ANSWERS.iter().enumerate() {
+                    let t = Instant::now();
+                    let text = format!("{a} #{i}");
+                    v.send(&room, &text).await;
+                    let at = wait_text(&v, &room, &format!("echo: {text}")).await.ok_or(Outcome::Stuck)?;
+                    turns.push(at.saturating_duration_since(t));
+                }
+                Ok::<_, Outcome>(turns)
+            })
+        })
+        .collect();
+    let mut run = Run::default();
+    for t in tasks {
+        match t.await.expect("echo visitor task") {
+            Ok(turns) => {
+                run.turns.extend(turns);
+                run.completed += 1;
+            }
+            Err(Outcome::Lost) => run.lost += 1,
+            Err(Outcome::Stuck) => run.stuck += 1,
+        }
+    }
+    run.wall = t0.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    run
+}
+
+/// The baseline bot: joins every invite, says "echo ready", and answers
+/// each text at once with "echo: <text>". Same SDK, same store settings.
+async fn echo_bot(url: String, user: String, password: String, dir: String) {
+    let client = Client::builder()
+        .homeserver_url(&url)
+        .sqlite_store(&dir, Some("echo passphrase"))
+        .build()
+        .await
+        .unwrap();
+    client.matrix_auth().login_username(&user, &password).await.unwrap();
+    client.add_event_handler(|ev: StrippedRoomMemberEvent, c: Client, room: Room| async move {
+        if Some(ev.state_key.as_ref()) != c.user_id() {
+            return;
+        }
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                if room.join().await.is_ok() {
+                    let _ = room.send(RoomMessageEventContent::notice_plain("echo ready")).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    });
+    let resp = client.sync_once(SyncSettings::default()).await.unwrap();
+    client.add_event_handler(|ev: OriginalSyncRoomMessageEvent, c: Client, room: Room| async move {
+        if Some(ev.sender.as_ref()) == c.user_id() {
+            return;
+        }
+        if let MessageType::Text(t) = ev.content.msgtype {
+            // Answer in a task, as the intake bot's worker is off the sync path too.
+            tokio::spawn(async move {
+                let _ = room.send(RoomMessageEventContent::notice_plain(format!("echo: {}", t.body))).await;
+            });
+        }
+    });
+    let mut settings = SyncSettings::default().token(resp.next_batch);
+    loop {
+        match client.sync_once(settings.clone()).await {
+            Ok(r) => settings = settings.token(r.next_batch),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Opens `rooms` cases (from a few visitors), restarts the bot, and times
+/// from the start of the new process to the next question in one room.
+async fn restart_run(scene: &mut Scene, rooms: usize) -> f64 {
+    let per = 50;
+    let vs = visitors(rooms.div_ceil(per)).await;
+    let mut opened = Vec::new();
+    for (i, v) in vs.iter().enumerate() {
+        let n = per.min(rooms - i * per);
+        let mut batch = Vec::new();
+        for _ in 0..n {
+            let v = v.clone();
+            let bot = scene.bot.user_id.clone();
+            batch.push(tokio::spawn(async move {
+                let room = v.open_dm(&bot).await;
+                wait_text(&v, &room, "(1/6)").await.map(|_| (v, room))
+            }));
+        }
+        for b in batch {
+            if let Some(x) = b.await.unwrap() {
+                opened.push(x);
+            }
+        }
+        eprintln!("loadgen: {} rooms open", opened.len());
+    }
+    scene.bot.stop();
+    let t = Instant::now();
+    scene.bot.start();
+    let (v, room) = opened.last().expect("rooms were opened").clone();
+    v.send(&room, "1").await;
+    wait_text(&v, &room, "(2/6)").await.expect("answered after restart");
+    t.elapsed().as_secs_f64()
+}
