@@ -62,6 +62,11 @@ fn main() {
         rt.block_on(echo_bot(args[2].clone(), args[3].clone(), args[4].clone(), args[5].clone()));
         return;
     }
+    if !args.iter().any(|a| a == "--bench") {
+        // `cargo test --all-targets` runs bench targets too: only build-check.
+        println!("loadgen: run it with `cargo bench --bench loadgen -- --visitors N`; nothing to do here");
+        return;
+    }
     let args = parse_args();
     if std::env::var_os("INTAKE_BOT_TEST_LOG").is_none() {
         // SAFETY: single-threaded here, before the runtime starts.

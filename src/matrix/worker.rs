@@ -30,6 +30,68 @@ use crate::outcome::OutcomeRecord;
 use crate::routing::Policy;
 use crate::store::{RoomKeyer, Store};
 
+/// Most events handled between two store flushes.
+const BATCH: usize = 64;
+
+/// Where a visible job goes.
+#[derive(Debug)]
+enum Target {
+    Staff,
+    Case(String),
+}
+
+/// One thing to do in a room, in order with the room's other jobs.
+#[derive(Debug)]
+enum Job {
+    Say(String),
+    Invite(OwnedUserId),
+    Withdraw(OwnedUserId),
+    /// Leave and forget the room, then purge it where configured.
+    Leave { case_id: String, purger: Option<super::purge::Purger> },
+}
+
+/// Starts a room's sender: jobs run one after another, so a room's
+/// messages keep their order, while rooms proceed side by side.
+fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    tasks.retain(|t| !t.is_finished());
+    tasks.push(tokio::spawn(async move {
+        while let Some(job) = rx.recv().await {
+            match job {
+                Job::Say(text) => {
+                    if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
+                        error!(case = %case, error = %scrub_err(&e), "sending a message failed");
+                    }
+                }
+                Job::Invite(uid) => match room.invite_user_by_id(&uid).await {
+                    Ok(()) => info!(case = %case, "offered to a counsellor"),
+                    Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
+                },
+                Job::Withdraw(uid) => match room.kick_user(&uid, None).await {
+                    Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
+                    Err(e) => {
+                        warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses")
+                    }
+                },
+                Job::Leave { case_id, purger } => {
+                    let room_id = room.room_id().to_owned();
+                    if let Err(e) = room.leave().await {
+                        warn!(case = %case_id, error = %scrub_err(&e), "leaving a finished case's room failed");
+                    } else if let Err(e) = room.forget().await {
+                        debug!(case = %case_id, error = %scrub_err(&e), "forgetting a finished case's room failed");
+                    }
+                    if let Some(p) = purger {
+                        // The purge waits out its grace delay on its own.
+                        tokio::spawn(async move { p.purge(room_id, &case_id).await });
+                    }
+                    break;
+                }
+            }
+        }
+    }));
+    tx
+}
+
 /// How far back a restart looks for messages it missed.
 const BACKFILL_LIMIT: u32 = 50;
 
@@ -68,11 +130,20 @@ pub struct Worker {
     client: Client,
     keyer: RoomKeyer,
     staff_room_id: OwnedRoomId,
-    staff: Option<Room>,
+    /// The staff room's ordered sender, once joined.
+    staff: Option<mpsc::UnboundedSender<Job>>,
+    /// Each case room's ordered sender.
+    outbox: HashMap<String, mpsc::UnboundedSender<Job>>,
+    /// The sender tasks, to let them finish on shutdown.
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    /// Visible jobs waiting for the next commit.
+    pending: Vec<(Target, Job)>,
+    /// Whether the store has writes not yet flushed.
+    dirty: bool,
     /// Case key -> room, in memory only.
     rooms: HashMap<String, Room>,
     /// Staff notices waiting for the staff room.
-    pending_staff: Vec<String>,
+    pending_staff: Vec<Job>,
     retention_secs: i64,
     require_encryption: bool,
     counsellors: Vec<OwnedUserId>,
@@ -129,6 +200,10 @@ impl Worker {
             keyer,
             staff_room_id,
             staff: None,
+            outbox: HashMap::new(),
+            senders: Vec::new(),
+            pending: Vec::new(),
+            dirty: false,
             rooms,
             pending_staff: Vec::new(),
             retention_secs: config.privacy.in_progress_retention_hours as i64 * 3600,
@@ -145,10 +220,12 @@ impl Worker {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         let closing = self.desk.finish_closing(now());
         self.execute(closing).await;
+        self.commit().await;
         self.backfill().await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
         self.dispatch(Event::Tick).await;
+        self.commit().await;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
         loop {
@@ -160,16 +237,41 @@ impl Worker {
                 biased;
                 _ = stop.changed() => break,
                 msg = rx.recv() => match msg {
-                    Some(m) => self.inbound(m).await,
+                    Some(m) => {
+                        self.inbound(m).await;
+                        // Take what else has queued up: one flush for all.
+                        for _ in 0..BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => self.inbound(m).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
                 _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
                 _ = sweep.tick() => self.sweep().await,
             }
+            self.commit().await;
         }
+        self.commit().await;
         self.store.flush().await?;
         info!("store flushed");
+        // Let messages already decided go out (goodbyes above all).
+        self.outbox.clear();
+        self.staff = None;
+        let senders = std::mem::take(&mut self.senders);
+        if tokio::time::timeout(Duration::from_secs(5), async {
+            for t in senders {
+                let _ = t.await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            warn!("some messages were still being sent at shutdown");
+        }
         Ok(())
     }
 
@@ -181,12 +283,13 @@ impl Worker {
         match msg {
             Inbound::StaffReady(room) => {
                 let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
-                self.staff = Some(room);
-                self.send_staff(online).await;
-                for text in std::mem::take(&mut self.pending_staff) {
-                    self.send_staff(text).await;
+                let q = spawn_sender(room, "staff".into(), &mut self.senders);
+                let _ = q.send(Job::Say(online));
+                for job in std::mem::take(&mut self.pending_staff) {
+                    let _ = q.send(job);
                 }
-                info!("staff room joined; online notice posted");
+                self.staff = Some(q);
+                info!("staff room joined; online notice queued");
             }
             Inbound::Invited(room) => {
                 let key = self.keyer.key(room.room_id().as_str());
@@ -331,6 +434,7 @@ impl Worker {
             for m in missed.into_iter().rev() {
                 self.inbound(m).await;
             }
+            self.commit().await;
         }
     }
 
@@ -349,94 +453,88 @@ impl Worker {
         self.execute(actions).await;
     }
 
-    /// Carries out the desk's actions in order. Store writes become
-    /// durable before anything the visitor or staff can see goes out, so a
-    /// crash never leaves a visible step the store does not know.
+    /// Carries out the desk's actions in order. Store actions run here and
+    /// now; what visitors or staff can see is held in `pending` until
+    /// [`Worker::commit`] has made the store durable, so a crash never
+    /// leaves a visible step the store does not know.
     #[instrument(skip_all)]
     async fn execute(&mut self, actions: Vec<Action>) {
-        let mut dirty = false;
         for a in actions {
-            let visible = matches!(
-                a,
-                Action::Say { .. } | Action::Staff { .. } | Action::Invite { .. } | Action::Withdraw { .. } | Action::Leave { .. }
-            );
-            if visible && dirty {
-                if let Err(e) = self.store.flush().await {
-                    error!(error = %e, "flushing the store failed");
-                }
-                dirty = false;
-            }
-            dirty |= matches!(
-                a,
-                Action::SaveCase { .. } | Action::SaveRouter | Action::MarkClosing { .. } | Action::DeleteCase { .. }
-            );
             match a {
-                Action::Say { key, text } => {
-                    let case = self.case_label(&key);
-                    match self.rooms.get(&key) {
-                        Some(room) => {
-                            if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
-                                error!(case = %case, error = %scrub_err(&e), "sending to the visitor's room failed");
-                            }
-                        }
-                        None => warn!(case = %case, "no room known for this case; message not sent"),
-                    }
-                }
-                Action::Staff { text } => self.send_staff(text).await,
-                Action::Invite { key, user } => {
-                    let case = self.case_label(&key);
-                    let (Some(room), Ok(uid)) = (self.rooms.get(&key), UserId::parse(user.as_str())) else {
-                        continue;
-                    };
-                    match room.invite_user_by_id(&uid).await {
-                        Ok(()) => info!(case = %case, "offered to a counsellor"),
-                        Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
-                    }
-                }
-                Action::Withdraw { key, user } => {
-                    let case = self.case_label(&key);
-                    let (Some(room), Ok(uid)) = (self.rooms.get(&key), UserId::parse(user.as_str())) else {
-                        continue;
-                    };
-                    match room.kick_user(&uid, None).await {
-                        Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
-                        Err(e) => warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses"),
-                    }
+                Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
+                Action::Staff { text } => self.pending.push((Target::Staff, Job::Say(text))),
+                Action::Invite { key, user } => match UserId::parse(user.as_str()) {
+                    Ok(uid) => self.pending.push((Target::Case(key), Job::Invite(uid))),
+                    Err(_) => error!("a configured counsellor id does not parse"),
+                },
+                Action::Withdraw { key, user } => match UserId::parse(user.as_str()) {
+                    Ok(uid) => self.pending.push((Target::Case(key), Job::Withdraw(uid))),
+                    Err(_) => error!("a configured counsellor id does not parse"),
+                },
+                Action::Leave { key, case_id } => {
+                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone() }))
                 }
                 Action::SaveCase { key } => {
                     if let Some(c) = self.desk.cases.get(&key) {
                         if let Err(e) = self.store.save_case(&key, c) {
                             error!(case = %c.id, error = %e, "saving the case failed");
                         }
+                        self.dirty = true;
                     }
                 }
                 Action::SaveRouter => {
                     if let Err(e) = self.store.save_router(&self.desk.router) {
                         error!(error = %e, "saving routing state failed");
                     }
+                    self.dirty = true;
                 }
                 Action::Record(rec) => self.record(&rec).await,
                 Action::MarkClosing { key, case } => {
                     if let Err(e) = self.store.save_case(&key, &case) {
                         error!(case = %case.id, error = %e, "saving the closing case failed");
                     }
+                    self.dirty = true;
                 }
                 Action::DeleteCase { key } => {
                     if let Err(e) = self.store.delete_case(&key) {
                         error!(error = %e, "deleting a finished case failed");
                     }
+                    self.dirty = true;
                 }
-                Action::Leave { key, case_id } => {
-                    if let Some(room) = self.rooms.remove(&key) {
-                        let room_id = room.room_id().to_owned();
-                        if let Err(e) = room.leave().await {
-                            warn!(error = %scrub_err(&e), "leaving a finished case's room failed");
-                        } else if let Err(e) = room.forget().await {
-                            debug!(error = %scrub_err(&e), "forgetting a finished case's room failed");
-                        }
-                        if let Some(p) = self.purger.clone() {
-                            tokio::spawn(async move { p.purge(room_id, &case_id).await });
-                        }
+            }
+        }
+    }
+
+    /// Makes the store durable (once for a whole batch of events), then
+    /// hands the held visible jobs to each room's ordered sender.
+    async fn commit(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.store.flush().await {
+                error!(error = %e, "flushing the store failed");
+            }
+            self.dirty = false;
+        }
+        for (target, job) in std::mem::take(&mut self.pending) {
+            match target {
+                Target::Staff => match &self.staff {
+                    Some(q) => {
+                        let _ = q.send(job);
+                    }
+                    None => self.pending_staff.push(job),
+                },
+                Target::Case(key) => {
+                    let leaving = matches!(job, Job::Leave { .. });
+                    let case = self.case_label(&key);
+                    let Some(room) = self.rooms.get(&key).cloned() else {
+                        warn!(case = %case, "no room known for this case; nothing sent");
+                        continue;
+                    };
+                    let senders = &mut self.senders;
+                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, senders));
+                    let _ = q.send(job);
+                    if leaving {
+                        self.outbox.remove(&key);
+                        self.rooms.remove(&key);
                     }
                 }
             }
@@ -451,17 +549,6 @@ impl Worker {
         match self.store.record(rec).await {
             Ok(()) => info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded"),
             Err(e) => error!(case = %rec.case, error = %e, "writing the outcome record failed"),
-        }
-    }
-
-    async fn send_staff(&mut self, text: String) {
-        match &self.staff {
-            Some(room) => {
-                if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
-                    error!(error = %scrub_err(&e), "sending to the staff room failed");
-                }
-            }
-            None => self.pending_staff.push(text),
         }
     }
 }
