@@ -4,7 +4,7 @@
 //! accept and close; then the same visitors against a bare echo bot on the
 //! same SDK, as the floor the homeserver sets.
 //!
-//!     cargo bench --bench loadgen -- --visitors 200
+//!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 30
 //!     cargo bench --bench loadgen -- --visitors 50 --restart-rooms 1000
 //!
 //! Built (not run) by the test command, so it cannot rot. Runs only on
@@ -30,18 +30,21 @@ const ANSWERS: [&str; 6] = ["1", "2", "1", "1", "2", "1"];
 #[derive(Debug, Clone)]
 struct Args {
     visitors: usize,
+    /// Visitors start spread over this many seconds (0 = all at once).
+    ramp_secs: f64,
     counsellors: usize,
     restart_rooms: usize,
     baseline: bool,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { visitors: 20, counsellors: 0, restart_rooms: 0, baseline: true };
+    let mut a = Args { visitors: 20, ramp_secs: 0.0, counsellors: 0, restart_rooms: 0, baseline: true };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse().ok()).expect("a number after the flag");
         match arg.as_str() {
             "--visitors" => a.visitors = num(),
+            "--ramp-secs" => a.ramp_secs = num() as f64,
             "--counsellors" => a.counsellors = num(),
             "--restart-rooms" => a.restart_rooms = num(),
             "--no-baseline" => a.baseline = false,
@@ -82,6 +85,7 @@ struct Run {
     turns: Vec<Duration>,
     invites: Vec<Duration>,
     completed: usize,
+    no_room: usize,
     lost: usize,
     stuck: usize,
     wall: Duration,
@@ -157,8 +161,9 @@ async fn run(args: Args) {
 
     let mut report = String::new();
     report.push_str(&format!(
-        "Command: `cargo bench --bench loadgen -- --visitors {} --counsellors {}{}`\n\n",
+        "Command: `cargo bench --bench loadgen -- --visitors {} --ramp-secs {} --counsellors {}{}`\n\n",
         args.visitors,
+        args.ramp_secs,
         args.counsellors,
         if args.restart_rooms > 0 { format!(" --restart-rooms {}", args.restart_rooms) } else { String::new() }
     ));
@@ -173,12 +178,12 @@ async fn run(args: Args) {
     let syn_pid = synapse_pid();
     let (syn_cpu0, _) = proc_usage(syn_pid);
     let (bot_cpu0, _) = proc_usage(bot_pid);
-    let bot = intake_run(&scene, &vs).await;
+    let bot = intake_run(&scene, &vs, args.ramp_secs).await;
     let (bot_cpu1, bot_hwm) = proc_usage(bot_pid);
     let (syn_cpu1, _) = proc_usage(syn_pid);
 
     // The baseline: same visitors, same number of turns, an echo bot.
-    let echo = if args.baseline { Some(echo_run(&vs).await) } else { None };
+    let echo = if args.baseline { Some(echo_run(&vs, args.ramp_secs).await) } else { None };
 
     let mut b = bot;
     let (p50, p95, p99) = (pct(&mut b.turns, 0.5), pct(&mut b.turns, 0.95), pct(&mut b.turns, 0.99));
@@ -210,6 +215,11 @@ async fn run(args: Args) {
         b.stuck,
         echo.as_ref().map(|e| format!("{} / {} / {}", e.completed, e.lost, e.stuck)).unwrap_or_default()
     ));
+    report.push_str(&format!(
+        "| rooms the homeserver failed to create (visitor never started) | {} | {} | |\n",
+        b.no_room,
+        echo.as_ref().map(|e| e.no_room.to_string()).unwrap_or_default()
+    ));
     report.push_str(&format!("| wall time of the run (s) | {:.1} | {} | |\n", b.wall.as_secs_f64(),
         echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()));
     report.push_str(&format!("| bot peak RSS (MB) | {bot_hwm:.0} | | |\n"));
@@ -229,7 +239,7 @@ async fn run(args: Args) {
 }
 
 /// Every visitor does a whole intake at once; counsellors accept and close.
-async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>]) -> Run {
+async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
     let last_answer: Arc<Mutex<HashMap<OwnedRoomId, Instant>>> = Default::default();
     let invites: Arc<Mutex<Vec<Duration>>> = Default::default();
     // Counsellors: accept every invite, read the summary, close.
@@ -243,11 +253,16 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>]) -> Run {
     let t0 = Instant::now();
     let tasks: Vec<_> = vs
         .iter()
-        .map(|v| {
+        .enumerate()
+        .map(|(i, v)| {
             let v = v.clone();
             let bot = scene.bot.user_id.clone();
             let last = last_answer.clone();
-            tokio::spawn(async move { visitor_intake(v, bot, last).await })
+            let delay = Duration::from_secs_f64(ramp_secs * i as f64 / vs.len() as f64);
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                visitor_intake(v, bot, last).await
+            })
         })
         .collect();
     let mut run = Run::default();
@@ -259,6 +274,7 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>]) -> Run {
             }
             Err(Outcome::Lost) => run.lost += 1,
             Err(Outcome::Stuck) => run.stuck += 1,
+            Err(Outcome::NoRoom) => run.no_room += 1,
         }
     }
     run.wall = t0.elapsed();
@@ -270,6 +286,8 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>]) -> Run {
 }
 
 enum Outcome {
+    /// The homeserver did not create the visitor's room (its limit, not the bot's).
+    NoRoom,
     Lost,
     Stuck,
 }
@@ -292,7 +310,7 @@ async fn visitor_intake(
     bot: String,
     last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>,
 ) -> Result<Vec<Duration>, Outcome> {
-    let room = v.open_dm(&bot).await;
+    let room = v.try_open_dm(&bot).await.map_err(|_| Outcome::NoRoom)?;
     wait_text(&v, &room, "(1/6)").await.ok_or(Outcome::Lost)?;
     let mut turns = Vec::new();
     for (i, a) in ANSWERS.iter().enumerate() {
@@ -342,7 +360,7 @@ async fn counsellor_loop(client: Client, last: Arc<Mutex<HashMap<OwnedRoomId, In
 }
 
 /// The same visitors, the same number of turns, against an echo bot.
-async fn echo_run(vs: &[Arc<TestClient>]) -> Run {
+async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
     let hs = Synapse::get();
     let local = unique("echo");
     let user = hs.register(&local, "echo-password").await;
@@ -355,11 +373,14 @@ async fn echo_run(vs: &[Arc<TestClient>]) -> Run {
     let t0 = Instant::now();
     let tasks: Vec<_> = vs
         .iter()
-        .map(|v| {
+        .enumerate()
+        .map(|(i, v)| {
             let v = v.clone();
             let user = user.clone();
+            let delay = Duration::from_secs_f64(ramp_secs * i as f64 / vs.len() as f64);
             tokio::spawn(async move {
-                let room = v.open_dm(&user).await;
+                tokio::time::sleep(delay).await;
+                let room = v.try_open_dm(&user).await.map_err(|_| Outcome::NoRoom)?;
                 wait_text(&v, &room, "echo ready").await.ok_or(Outcome::Lost)?;
                 let mut turns = Vec::new();
                 for (i, a) in ANSWERS.iter().enumerate() {
@@ -382,6 +403,7 @@ async fn echo_run(vs: &[Arc<TestClient>]) -> Run {
             }
             Err(Outcome::Lost) => run.lost += 1,
             Err(Outcome::Stuck) => run.stuck += 1,
+            Err(Outcome::NoRoom) => run.no_room += 1,
         }
     }
     run.wall = t0.elapsed();

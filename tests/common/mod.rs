@@ -307,13 +307,18 @@ impl TestClient {
 
     /// Creates an encrypted DM the way Element does and invites `bot`.
     pub async fn open_dm(&self, bot: &str) -> OwnedRoomId {
+        self.try_open_dm(bot).await.unwrap()
+    }
+
+    /// [`TestClient::open_dm`], returning the homeserver's error.
+    pub async fn try_open_dm(&self, bot: &str) -> Result<OwnedRoomId, matrix_sdk::Error> {
         let mut req = CreateRoom::new();
         req.invite = vec![bot.try_into().unwrap()];
         req.is_direct = true;
         req.preset = Some(RoomPreset::TrustedPrivateChat);
         req.initial_state =
             vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
-        self.client.create_room(req).await.unwrap().room_id().to_owned()
+        Ok(self.client.create_room(req).await?.room_id().to_owned())
     }
 
     /// Creates a private room and invites `users` (the staff room).
