@@ -91,6 +91,25 @@ struct Run {
     wall: Duration,
 }
 
+impl Run {
+    /// Waits for every visitor and sorts the outcomes.
+    async fn collect(tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Outcome>>>) -> Run {
+        let mut run = Run::default();
+        for t in tasks {
+            match t.await.expect("visitor task") {
+                Ok(turns) => {
+                    run.turns.extend(turns);
+                    run.completed += 1;
+                }
+                Err(Outcome::Lost) => run.lost += 1,
+                Err(Outcome::Stuck) => run.stuck += 1,
+                Err(Outcome::NoRoom) => run.no_room += 1,
+            }
+        }
+        run
+    }
+}
+
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     if v.is_empty() {
         return Duration::ZERO;
@@ -265,18 +284,7 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Ru
             })
         })
         .collect();
-    let mut run = Run::default();
-    for t in tasks {
-        match t.await.expect("visitor task") {
-            Ok(turns) => {
-                run.turns.extend(turns);
-                run.completed += 1;
-            }
-            Err(Outcome::Lost) => run.lost += 1,
-            Err(Outcome::Stuck) => run.stuck += 1,
-            Err(Outcome::NoRoom) => run.no_room += 1,
-        }
-    }
+    let mut run = Run::collect(tasks).await;
     run.wall = t0.elapsed();
     for t in counsellor_tasks {
         t.abort();
@@ -394,18 +402,7 @@ async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
             })
         })
         .collect();
-    let mut run = Run::default();
-    for t in tasks {
-        match t.await.expect("echo visitor task") {
-            Ok(turns) => {
-                run.turns.extend(turns);
-                run.completed += 1;
-            }
-            Err(Outcome::Lost) => run.lost += 1,
-            Err(Outcome::Stuck) => run.stuck += 1,
-            Err(Outcome::NoRoom) => run.no_room += 1,
-        }
-    }
+    let mut run = Run::collect(tasks).await;
     run.wall = t0.elapsed();
     let _ = child.kill();
     let _ = child.wait();

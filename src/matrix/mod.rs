@@ -295,6 +295,14 @@ async fn on_invite(ev: StrippedRoomMemberEvent, client: Client, room: Room, ctx:
     let _ = ctx.tx.send(Inbound::Invited(room)).await;
 }
 
+/// Hands a message in a joined room, not from the bot, to the worker.
+async fn forward(ctx: &Ctx, client: &Client, room: Room, sender: OwnedUserId, body: Body, event_id: OwnedEventId) {
+    if room.state() != RoomState::Joined || Some(sender.as_ref()) == client.user_id() {
+        return;
+    }
+    let _ = ctx.tx.send(Inbound::Message { room, sender, body, event_id }).await;
+}
+
 /// What of a message the desk sees; None for notices, which bots send and
 /// the bot never answers. An edit counts with its new text.
 pub fn message_body(content: RoomMessageEventContent) -> Option<Body> {
@@ -315,39 +323,20 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
-            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
-                return;
-            }
             let Some(body) = message_body(ev.content) else { return };
-            let _ = ctx.tx.send(Inbound::Message { room, sender: ev.sender, body, event_id: ev.event_id }).await;
+            forward(&ctx, &client, room, ev.sender, body, ev.event_id).await
         }
     });
     let c = ctx.clone();
     client.add_event_handler(move |ev: OriginalSyncStickerEvent, client: Client, room: Room| {
         let ctx = c.clone();
-        async move {
-            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
-                return;
-            }
-            let _ = ctx
-                .tx
-                .send(Inbound::Message { room, sender: ev.sender, body: Body::NonText, event_id: ev.event_id })
-                .await;
-        }
+        async move { forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await }
     });
     let c = ctx.clone();
+    // Only events that stayed encrypted reach this handler.
     client.add_event_handler(move |ev: OriginalSyncRoomEncryptedEvent, client: Client, room: Room| {
         let ctx = c.clone();
-        async move {
-            // Only events that stayed encrypted reach this handler.
-            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
-                return;
-            }
-            let _ = ctx
-                .tx
-                .send(Inbound::Message { room, sender: ev.sender, body: Body::Undecryptable, event_id: ev.event_id })
-                .await;
-        }
+        async move { forward(&ctx, &client, room, ev.sender, Body::Undecryptable, ev.event_id).await }
     });
     let c = ctx;
     client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, client: Client, room: Room| {

@@ -140,6 +140,8 @@ pub struct Worker {
     pending: Vec<(Target, Job)>,
     /// Whether the store has writes not yet flushed.
     dirty: bool,
+    /// Rooms being joined and checked (by case key), in memory only.
+    preparing: std::collections::HashSet<String>,
     /// Case key -> room, in memory only.
     rooms: HashMap<String, Room>,
     /// Staff notices waiting for the staff room.
@@ -204,6 +206,7 @@ impl Worker {
             senders: Vec::new(),
             pending: Vec::new(),
             dirty: false,
+            preparing: Default::default(),
             rooms,
             pending_staff: Vec::new(),
             retention_secs: config.privacy.in_progress_retention_hours as i64 * 3600,
@@ -293,7 +296,9 @@ impl Worker {
             }
             Inbound::Invited(room) => {
                 let key = self.keyer.key(room.room_id().as_str());
-                if self.desk.cases.contains_key(&key) {
+                // The invite shows up in every sync until the join lands:
+                // prepare each room once.
+                if self.desk.cases.contains_key(&key) || !self.preparing.insert(key) {
                     return;
                 }
                 let tx = self.prepared_tx.clone();
@@ -370,10 +375,14 @@ impl Worker {
     }
 
     async fn prepared(&mut self, room: Room, verdict: Verdict) {
+        let key = self.keyer.key(room.room_id().as_str());
+        self.preparing.remove(&key);
+        if self.desk.cases.contains_key(&key) {
+            return;
+        }
         let case_id = new_case_id();
         match verdict {
             Verdict::Ready => {
-                let key = self.keyer.key(room.room_id().as_str());
                 self.rooms.insert(key.clone(), room);
                 info!(case = %case_id, "new case");
                 self.dispatch(Event::Opened { key, case_id }).await;
