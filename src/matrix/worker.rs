@@ -115,7 +115,8 @@ fn new_case_id() -> String {
 enum Verdict {
     /// Encrypted (already, or the bot turned it on): start the intake.
     Ready,
-    /// Not encrypted and the bot may not encrypt it: explained and left.
+    /// Not encrypted and the bot may not encrypt it: to be recorded,
+    /// explained and left.
     Unencrypted,
     /// More than one visitor: explained and left.
     Group,
@@ -388,9 +389,15 @@ impl Worker {
                 self.dispatch(Event::Opened { key, case_id }).await;
             }
             Verdict::Unencrypted => {
-                info!(case = %case_id, "room not encrypted and cannot be; explained and left");
-                let rec = self.desk.refuse_unencrypted(now(), case_id);
+                info!(case = %case_id, "room not encrypted and cannot be; explaining and leaving");
+                // The record is durable before anything is visible: a stop
+                // right after the explanation must not lose it.
+                let rec = self.desk.refuse_unencrypted(now(), case_id.clone());
                 self.record(&rec).await;
+                let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
+                let q = spawn_sender(room, case_id.clone(), &mut self.senders);
+                let _ = q.send(Job::Say(text));
+                let _ = q.send(Job::Leave { case_id, purger: None });
             }
             Verdict::Group => info!("invited to a group room; explained and left"),
             Verdict::Failed => {}
@@ -563,7 +570,8 @@ impl Worker {
 }
 
 /// Joins a visitor's room and checks it is fit for an intake: encrypted (or
-/// encryptable) and one-to-one. Explains and leaves when it is not.
+/// encryptable) and one-to-one. Explains and leaves a group room; an
+/// unencrypted one is left to the worker, which records it first.
 async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUserId], settings: &Settings) -> Verdict {
     let mut delay = Duration::from_millis(500);
     let mut tries = 0;
@@ -592,10 +600,8 @@ async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUser
     match room.enable_encryption().await {
         Ok(()) => Verdict::Ready,
         Err(e) => {
+            // The worker records it, then explains and leaves.
             debug!(error = %scrub_err(&e), "turning on encryption was refused");
-            let text = settings.say(&lang, TextKey::NoEncryption, &[]);
-            let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
-            leave(room).await;
             Verdict::Unencrypted
         }
     }
