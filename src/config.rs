@@ -31,6 +31,10 @@ pub struct Config {
     pub outcomes: OutcomesConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Per language, overrides of built-in texts: `[texts.en] greeting = "..."`.
     #[serde(default)]
     pub texts: BTreeMap<String, BTreeMap<String, String>>,
@@ -48,6 +52,13 @@ pub struct MatrixConfig {
     pub password_file: Option<PathBuf>,
     #[serde(default)]
     pub store_passphrase_file: Option<PathBuf>,
+    /// The bot's display name, set on every start when it differs.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// An image file (PNG, JPEG, GIF or WebP) for the bot's avatar, uploaded
+    /// when it changes.
+    #[serde(default)]
+    pub avatar_file: Option<PathBuf>,
 }
 
 fn default_device_name() -> String {
@@ -76,6 +87,15 @@ pub struct StaffConfig {
     /// A case waiting longer than this is announced again in the staff room.
     #[serde(default = "default_wait_alert")]
     pub wait_alert_secs: u64,
+    /// The name the bot gives a case room when it offers it, where it may,
+    /// so counsellors see a neutral name rather than the visitor's. `{case}`
+    /// is the case id. Empty leaves room names alone.
+    #[serde(default = "default_room_name")]
+    pub room_name: String,
+}
+
+fn default_room_name() -> String {
+    "Chat {case}".to_owned()
 }
 
 fn default_wait_alert() -> u64 {
@@ -227,6 +247,67 @@ fn default_retention() -> u64 {
     72
 }
 
+/// `[stats]`: how `stats` reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    /// Counts from 1 to `min_count - 1` are suppressed; 1 shows every count.
+    #[serde(default = "default_min_count")]
+    pub min_count: u32,
+    /// The monitor's figures; absent means the built-in ones for the
+    /// default questionnaire (those whose question is configured).
+    #[serde(default)]
+    pub monitor: Option<Vec<MonitorFigure>>,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self { min_count: default_min_count(), monitor: None }
+    }
+}
+
+fn default_min_count() -> u32 {
+    5
+}
+
+/// One figure of the monitor: the share of cases whose answer to `question`
+/// is one of `choices`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorFigure {
+    pub id: String,
+    pub label: String,
+    pub question: String,
+    pub choices: Vec<String>,
+}
+
+/// The figures a national monitor asks for, wired to the question and
+/// choice ids of the default questionnaire in `config.example.toml`.
+pub fn default_monitor() -> Vec<MonitorFigure> {
+    let f = |id: &str, label: &str, q: &str, c: &[&str]| MonitorFigure {
+        id: id.into(),
+        label: label.into(),
+        question: q.into(),
+        choices: c.iter().map(|s| s.to_string()).collect(),
+    };
+    vec![
+        f("minors", "Minors (under 18)", "age", &["under_15", "15_17"]),
+        f("under_15", "Under 15", "age", &["under_15"]),
+        f("still_exploited", "Still being exploited", "ongoing", &["yes"]),
+        f("several_perpetrators", "More than one perpetrator", "perpetrators", &["more"]),
+        f("for_themselves", "Reached out for themselves", "for_whom", &["self"]),
+    ]
+}
+
+/// `[metrics]`: the optional Prometheus listener.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` and `/healthz` on, e.g. `127.0.0.1:9100`.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
 /// A configuration that could not be loaded or is not usable.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -299,6 +380,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.privacy.purge_admin_token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.matrix.avatar_file.as_mut() {
             fix(p);
         }
     }
@@ -434,6 +518,22 @@ impl Config {
                 p.push(format!("key `outcomes.tags[{i}]`: `{t}` is reserved for the bot"));
             }
         }
+        p.extend(self.validate_stats());
+        if let Some(l) = &self.metrics.listen {
+            if l.parse::<std::net::SocketAddr>().is_err() {
+                p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100"));
+            }
+        }
+        if let Some(n) = &self.matrix.display_name {
+            if n.trim().is_empty() || n.chars().count() > 100 {
+                p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
+            }
+        }
+        if let Some(f) = &self.matrix.avatar_file {
+            if avatar_mime(f).is_none() {
+                p.push("key `matrix.avatar_file`: expected a .png, .jpg, .jpeg, .gif or .webp file".into());
+            }
+        }
         if self.privacy.in_progress_retention_hours == 0 {
             p.push("key `privacy.in_progress_retention_hours`: expected at least 1".into());
         }
@@ -449,6 +549,66 @@ impl Config {
         }
         p
     }
+}
+
+impl Config {
+    fn validate_stats(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let Some(figures) = &self.stats.monitor else { return p };
+        let mut ids = BTreeSet::new();
+        for (i, f) in figures.iter().enumerate() {
+            let key = format!("stats.monitor[{i}]");
+            if f.id.trim().is_empty() || !ids.insert(f.id.as_str()) {
+                p.push(format!("key `{key}.id`: expected a unique, non-empty id"));
+            }
+            let Some(q) = self.intake.questions.iter().find(|q| q.id == f.question) else {
+                p.push(format!("key `{key}.question`: `{}` is not a question id", f.question));
+                continue;
+            };
+            if q.kind != QuestionKind::Choice {
+                p.push(format!("key `{key}.question`: `{}` is not a choice question", f.question));
+            }
+            if f.choices.is_empty() {
+                p.push(format!("key `{key}.choices`: expected at least one choice id"));
+            }
+            for (ci, c) in f.choices.iter().enumerate() {
+                if !q.choices.iter().any(|x| &x.id == c) {
+                    p.push(format!("key `{key}.choices[{ci}]`: `{c}` is not a choice of question `{}`", q.id));
+                }
+            }
+        }
+        p
+    }
+
+    /// The monitor figures `stats` reports: the configured ones, or the
+    /// built-in ones whose question and choices this questionnaire has.
+    pub fn monitor_figures(&self) -> Vec<MonitorFigure> {
+        match &self.stats.monitor {
+            Some(f) => f.clone(),
+            None => default_monitor()
+                .into_iter()
+                .filter(|f| {
+                    self.intake.questions.iter().any(|q| {
+                        q.id == f.question
+                            && q.kind == QuestionKind::Choice
+                            && f.choices.iter().all(|c| q.choices.iter().any(|x| &x.id == c))
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The media type of an avatar file, from its extension.
+pub fn avatar_mime(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    Some(match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        _ => return None,
+    })
 }
 
 fn line_of(text: &str, offset: usize) -> usize {

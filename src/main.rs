@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use intake_bot::config::{Config, Secrets};
 use intake_bot::logging::{self, LogFormat};
-use intake_bot::outcome::{self, Stats};
+use intake_bot::outcome::{self, stats::{By, Query, Report, Week}};
 use intake_bot::store::{Store, StoreError};
 
 /// End-to-end-encrypted Matrix intake bot for an anonymous helpline.
@@ -37,12 +37,31 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// First week to include: an ISO week (2026-W01) or a date in it (2026-01-01).
+        #[arg(long, value_name = "WEEK|DATE", value_parser = parse_week)]
+        from: Option<Week>,
+        /// Last week to include, same forms as --from.
+        #[arg(long, value_name = "WEEK|DATE", value_parser = parse_week)]
+        to: Option<Week>,
+        /// Also split the figures by week or by month.
+        #[arg(long, value_enum)]
+        by: Option<ByArg>,
     },
     /// One outcome record per line.
     Export {
         #[arg(long, value_enum, default_value = "jsonl")]
         format: ExportFormat,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ByArg {
+    Week,
+    Month,
+}
+
+fn parse_week(s: &str) -> Result<Week, String> {
+    Week::parse(s)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,7 +88,15 @@ fn main() -> ExitCode {
             logging::init(cli.log_format);
             run(config)
         }
-        Command::Stats { json } => stats(&config, json),
+        Command::Stats { json, from, to, by } => {
+            let by = match by {
+                None => By::Total,
+                Some(ByArg::Week) => By::Week,
+                Some(ByArg::Month) => By::Month,
+            };
+            let query = Query { from, to, by, min_count: config.stats.min_count };
+            stats(&config, json, &query)
+        }
         Command::Export { format } => export(&config, format),
     };
     match result {
@@ -118,14 +145,17 @@ fn open_read(config: &Config) -> anyhow::Result<Vec<outcome::OutcomeRecord>> {
     }
 }
 
-fn stats(config: &Config, json: bool) -> anyhow::Result<()> {
+fn stats(config: &Config, json: bool, query: &Query) -> anyhow::Result<()> {
+    if let (Some(f), Some(t)) = (query.from, query.to) {
+        anyhow::ensure!(f <= t, "--from {f} is after --to {t}");
+    }
     let records = open_read(config)?;
-    let s = Stats::compute(&records, &config.intake.questions);
+    let r = Report::compute(&records, &config.intake.questions, &config.monitor_figures(), query);
     if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
+        println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         let lang = config.intake.languages.first().map_or("en", String::as_str);
-        print!("{}", s.to_text(&config.intake.questions, lang));
+        print!("{}", r.to_text(&config.intake.questions, lang));
     }
     Ok(())
 }

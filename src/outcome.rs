@@ -4,14 +4,16 @@
 //! ISO week, the language, each answer as a choice id / `answered` /
 //! `skipped`, three flags, coarse wait and duration buckets, the outcome tag
 //! and, for cases that ended early, the step reached. Nothing else.
+//! The statistics over many records are in [`stats`].
+
+pub mod stats;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use chrono::{DateTime, Datelike};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Question, QuestionKind};
+use crate::config::Question;
 use crate::intake::{Case, Settings};
 
 /// Outcome tags the bot itself sets; counsellors use the configured tags.
@@ -162,87 +164,6 @@ pub fn to_csv(records: &[OutcomeRecord], questions: &[Question]) -> String {
     out
 }
 
-/// Aggregate figures over a set of records.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Stats {
-    pub cases: usize,
-    pub intake_completed: usize,
-    pub counsellor_joined: usize,
-    pub urgent: usize,
-    pub outcomes: BTreeMap<String, usize>,
-    /// Question id -> answer (choice id / answered / skipped / unanswered) -> count.
-    pub answers: BTreeMap<String, BTreeMap<String, usize>>,
-}
-
-impl Stats {
-    /// Counts over `records`; questions in `questions` get every choice
-    /// listed, even at zero.
-    pub fn compute(records: &[OutcomeRecord], questions: &[Question]) -> Stats {
-        let mut answers: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-        for q in questions {
-            let m = answers.entry(q.id.clone()).or_default();
-            if q.kind == QuestionKind::Choice {
-                for c in &q.choices {
-                    m.insert(c.id.clone(), 0);
-                }
-            }
-        }
-        let mut outcomes = BTreeMap::new();
-        for r in records {
-            *outcomes.entry(r.outcome.clone()).or_insert(0) += 1;
-            for (q, a) in &r.answers {
-                *answers.entry(q.clone()).or_default().entry(a.clone()).or_insert(0) += 1;
-            }
-            for q in questions {
-                if !r.answers.contains_key(&q.id) {
-                    *answers.entry(q.id.clone()).or_default().entry("unanswered".into()).or_insert(0) += 1;
-                }
-            }
-        }
-        Stats {
-            cases: records.len(),
-            intake_completed: records.iter().filter(|r| r.intake_completed).count(),
-            counsellor_joined: records.iter().filter(|r| r.counsellor_joined).count(),
-            urgent: records.iter().filter(|r| r.urgent).count(),
-            outcomes,
-            answers,
-        }
-    }
-
-    /// A table for people: counts and shares, every share with its n.
-    pub fn to_text(&self, questions: &[Question], lang: &str) -> String {
-        let mut out = String::new();
-        let pct = |n: usize, of: usize| if of == 0 { 0.0 } else { 100.0 * n as f64 / of as f64 };
-        let _ = writeln!(out, "Cases: {}", self.cases);
-        for (label, n) in [
-            ("Intake completed", self.intake_completed),
-            ("Reached a counsellor", self.counsellor_joined),
-            ("Urgent", self.urgent),
-        ] {
-            let _ = writeln!(out, "{label}: {n} ({:.1}%)", pct(n, self.cases));
-        }
-        let _ = writeln!(out, "\nOutcomes:");
-        for (tag, n) in &self.outcomes {
-            let _ = writeln!(out, "  {tag:<20} {n:>6}  {:>5.1}%", pct(*n, self.cases));
-        }
-        for (qid, counts) in &self.answers {
-            let q = questions.iter().find(|q| &q.id == qid);
-            let title = q.and_then(|q| q.prompt.get(lang).or_else(|| q.prompt.values().next())).cloned();
-            let _ = writeln!(out, "\n{qid}{}", title.map(|t| format!(" ({t})")).unwrap_or_default());
-            let total: usize = counts.values().sum();
-            for (a, n) in counts {
-                let label = q
-                    .and_then(|q| q.choices.iter().find(|c| &c.id == a))
-                    .and_then(|c| c.label.get(lang).or_else(|| c.label.values().next()))
-                    .map(|l| format!("{a} ({l})"))
-                    .unwrap_or_else(|| a.clone());
-                let _ = writeln!(out, "  {label:<40} {n:>6}  {:>5.1}%", pct(*n, total));
-            }
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,22 +210,5 @@ mod tests {
         );
         assert_eq!(lines.next().unwrap(), "a1,2026-W48,en,false,true,true,<1m,5-15m,advice,,15_17,");
         assert_eq!(lines.next().unwrap(), "\"b,2\",2026-W48,en,false,true,true,<1m,5-15m,referred,,,myself");
-    }
-
-    #[test]
-    fn stats_count() {
-        let rs = vec![
-            rec("a", "advice", &[("age", "under_15")]),
-            rec("b", "advice", &[("age", "skipped")]),
-            rec("c", "abandoned", &[]),
-        ];
-        let s = Stats::compute(&rs, &[]);
-        assert_eq!(s.cases, 3);
-        assert_eq!(s.outcomes["advice"], 2);
-        assert_eq!(s.answers["age"]["under_15"], 1);
-        assert_eq!(s.answers["age"]["skipped"], 1);
-        let t = s.to_text(&[], "en");
-        assert!(t.contains("Cases: 3"), "{t}");
-        assert!(t.contains("66.7%"), "{t}");
     }
 }

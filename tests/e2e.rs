@@ -104,11 +104,18 @@ async fn full_case_ends_in_an_exported_record() {
     let stats = String::from_utf8(stats.stdout).unwrap();
     assert!(stats.contains("Cases: 1"), "{stats}");
     assert!(stats.contains("15_17"), "{stats}");
-    let json = s.bot.cli(&["stats", "--json"]);
+    // One case: its count shows, its answers do not (min_count 5).
+    assert!(stats.contains("<5"), "{stats}");
+    let json = s.bot.cli(&["stats", "--json", "--by", "week"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(json["cases"], 1);
-    assert_eq!(json["answers"]["age"]["15_17"], 1);
-    assert_eq!(json["answers"]["age"]["under_15"], 0);
+    assert_eq!(json["total"]["cases"], 1);
+    assert_eq!(json["total"]["answers"]["age"]["15_17"], serde_json::Value::Null);
+    assert_eq!(json["total"]["answers"]["age"]["under_15"], 0);
+    assert_eq!(json["periods"][0]["period"], r["week"]);
+    // A period without the case.
+    let json = s.bot.cli(&["stats", "--json", "--to", "2020-W01"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["total"]["cases"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
