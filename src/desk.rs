@@ -71,6 +71,17 @@ pub enum Action {
     Leave { key: String, case_id: String },
 }
 
+/// What happened since the edge last looked, for metrics. In memory only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Cases that became urgent.
+    pub urgent: u64,
+    /// Offers withdrawn because the counsellor did not join in time.
+    pub offer_timeouts: u64,
+    /// Seconds from the end of the intake to a counsellor's first join.
+    pub waits: Vec<i64>,
+}
+
 /// The desk: open cases, routing, and the config they run by.
 #[derive(Debug, Clone)]
 pub struct Desk {
@@ -79,6 +90,7 @@ pub struct Desk {
     pub hours: Option<Hours>,
     pub cases: BTreeMap<String, Case>,
     pub router: Router,
+    tally: Tally,
 }
 
 impl Desk {
@@ -90,7 +102,12 @@ impl Desk {
         cases: BTreeMap<String, Case>,
         router: Router,
     ) -> Desk {
-        Desk { settings, policy, hours, cases, router }
+        Desk { settings, policy, hours, cases, router, tally: Tally::default() }
+    }
+
+    /// Returns what was tallied since the last call, and starts afresh.
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
     }
 
     /// Whether the chat is open at `now`.
@@ -171,6 +188,7 @@ impl Desk {
             match e {
                 Effect::Say(text) => out.push(Action::Say { key: key.to_owned(), text }),
                 Effect::BecameUrgent => {
+                    self.tally.urgent += 1;
                     self.router.set_urgent(key);
                     if let Some(c) = self.cases.get(key) {
                         let lang = self.settings.staff_language();
@@ -265,6 +283,9 @@ impl Desk {
         if case.step == Step::Counsellor {
             return;
         }
+        if let (false, Some(q)) = (case.counsellor_joined, case.queued_at) {
+            self.tally.waits.push(now - q);
+        }
         let (summary, notice) = case.counsellor_joined(&self.settings, now);
         out.push(Action::SaveCase { key: key.to_owned() });
         out.push(Action::Say { key: key.to_owned(), text: summary });
@@ -356,7 +377,11 @@ impl Desk {
         for r in self.router.step(now, open, &self.policy) {
             match r {
                 Route::Invite { key, counsellor } => out.push(Action::Invite { key, user: counsellor }),
-                Route::Withdraw { key, counsellor } => out.push(Action::Withdraw { key, user: counsellor }),
+                Route::Withdraw { key, counsellor } => {
+                    // The router withdraws only offers past their deadline.
+                    self.tally.offer_timeouts += 1;
+                    out.push(Action::Withdraw { key, user: counsellor })
+                }
                 Route::Position { key, position, estimate_minutes } => {
                     let Some(case) = self.cases.get(&key) else { continue };
                     if !open {

@@ -82,6 +82,11 @@ fn a_whole_case_from_greeting_to_close() {
     assert_eq!(said.len(), 2);
     assert!(said[0].contains("New chat") && said[0].contains("For myself") && said[0].contains("15 to 17"));
     assert!(said[1].contains("counsellor is here"));
+    // The intake ended at 1010 (+ the answers' time), the join at 1030.
+    let t = d.take_tally();
+    assert_eq!(t.waits.len(), 1);
+    assert!((0..=20).contains(&t.waits[0]), "{t:?}");
+    assert_eq!(d.take_tally(), Tally::default());
 
     // !close from anyone else, or without a valid tag, changes nothing.
     let out = d.handle(1040, Event::CounsellorText { key: "k".into(), user: B.into(), text: "!close advice".into() });
@@ -175,6 +180,7 @@ fn urgent_case_tells_staff_and_goes_first() {
     let out = d.handle(4, Event::Staff { user: A.into(), text: "!available".into() });
     assert!(out.contains(&Action::Invite { key: "k2".into(), user: A.into() }));
     assert!(!out.contains(&Action::Invite { key: "k1".into(), user: A.into() }));
+    assert_eq!(d.take_tally().urgent, 1);
 }
 
 #[test]
@@ -185,12 +191,15 @@ fn offer_timeout_moves_to_next_counsellor() {
     let out = intake(&mut d, "k", 10);
     assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
     assert_eq!(d.next_deadline(10), Some(70));
+    assert_eq!(d.take_tally().offer_timeouts, 0);
     let out = d.handle(70, Event::Tick);
     assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }));
     assert!(out.contains(&Action::Invite { key: "k".into(), user: B.into() }));
-    // Declining passes over at once.
+    assert_eq!(d.take_tally().offer_timeouts, 1);
+    // Declining passes over at once (and is no timeout).
     let out = d.handle(71, Event::CounsellorLeft { key: "k".into(), user: B.into() });
     assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+    assert_eq!(d.take_tally().offer_timeouts, 0);
 }
 
 #[test]

@@ -144,6 +144,11 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         .as_str()
         .try_into()
         .map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
+    let metrics = crate::metrics::Metrics::new();
+    let listener = match &config.metrics.listen {
+        Some(l) => Some(crate::metrics::bind(l).await?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel::<Inbound>(1024);
     let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone() });
 
@@ -163,10 +168,17 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     }
     register_handlers(&client, ctx.clone());
 
-    let worker = worker::Worker::new(config.clone(), &secrets, store, client.clone(), staff_room.clone())?;
+    let worker =
+        worker::Worker::new(config.clone(), &secrets, store, client.clone(), staff_room.clone(), metrics.clone())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = listener {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::metrics::serve(l, metrics.clone(), async move {
+            let _ = stop.changed().await;
+        }));
+    }
     let worker_task = tokio::spawn(worker.run(rx, stop_rx));
-    let sync_task = tokio::spawn(sync_loop(client.clone(), settings));
+    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone()));
     drop(tx);
 
@@ -208,19 +220,21 @@ async fn sync_with_retry(client: &Client, settings: SyncSettings) -> Result<Stri
 
 /// Syncs forever, with backoff while the homeserver is unreachable. An
 /// outage is logged once when it starts and once when it ends.
-async fn sync_loop(client: Client, mut settings: SyncSettings) {
+async fn sync_loop(client: Client, mut settings: SyncSettings, metrics: Arc<crate::metrics::Metrics>) {
     let mut delay = Duration::from_secs(1);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         match client.sync_once(settings.clone()).await {
             Ok(r) => {
                 settings = settings.token(r.next_batch);
+                metrics.sync_ok();
                 if let Some(t) = failing_since.take() {
                     info!(outage_s = t.elapsed().as_secs(), "homeserver reachable again; sync resumed");
                 }
                 delay = Duration::from_secs(1);
             }
             Err(e) => {
+                metrics.sync_error();
                 if failing_since.is_none() {
                     failing_since = Some(std::time::Instant::now());
                     warn!(error = %scrub_err(&e), "sync failed; retrying with backoff until the homeserver answers");

@@ -6,6 +6,7 @@
 //! and each room's messages go out in the order the desk decided them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -25,6 +26,7 @@ use crate::config::{Config, Secrets};
 use crate::desk::{Action, Desk, Event, VisitorInput};
 use crate::hours::Hours;
 use crate::intake::Settings;
+use crate::metrics::{Gauges, Metrics};
 use crate::intake::text::TextKey;
 use crate::outcome::OutcomeRecord;
 use crate::routing::Policy;
@@ -153,12 +155,20 @@ pub struct Worker {
     purger: Option<super::purge::Purger>,
     prepared_tx: mpsc::Sender<(Room, Verdict)>,
     prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Worker {
     /// Restores cases and routing from the store and maps them to the
     /// rooms the client knows.
-    pub fn new(config: Config, secrets: &Secrets, store: Store, client: Client, staff_room_id: OwnedRoomId) -> Result<Worker> {
+    pub fn new(
+        config: Config,
+        secrets: &Secrets,
+        store: Store,
+        client: Client,
+        staff_room_id: OwnedRoomId,
+        metrics: Arc<Metrics>,
+    ) -> Result<Worker> {
         let settings = Settings::from_config(&config);
         let policy = Policy {
             max_active: config.staff.max_active_per_counsellor,
@@ -216,6 +226,7 @@ impl Worker {
             purger,
             prepared_tx,
             prepared_rx: Some(prepared_rx),
+            metrics,
         })
     }
 
@@ -386,6 +397,7 @@ impl Worker {
             Verdict::Ready => {
                 self.rooms.insert(key.clone(), room);
                 info!(case = %case_id, "new case");
+                self.metrics.case_started();
                 self.dispatch(Event::Opened { key, case_id }).await;
             }
             Verdict::Unencrypted => {
@@ -530,6 +542,7 @@ impl Worker {
             }
             self.dirty = false;
         }
+        self.update_metrics();
         for (target, job) in std::mem::take(&mut self.pending) {
             match target {
                 Target::Staff => match &self.staff {
@@ -557,13 +570,27 @@ impl Worker {
         }
     }
 
+    fn update_metrics(&mut self) {
+        let t = self.desk.take_tally();
+        let s = self.desk.router.status();
+        let gauges = Gauges {
+            active_cases: self.desk.cases.len() as u64,
+            queue_length: s.waiting as u64,
+            counsellors_available: s.available as u64,
+        };
+        self.metrics.update(t.urgent, t.offer_timeouts, &t.waits, gauges);
+    }
+
     fn case_label(&self, key: &str) -> String {
         self.desk.case_id(key).unwrap_or("ended").to_owned()
     }
 
     async fn record(&mut self, rec: &OutcomeRecord) {
         match self.store.record(rec).await {
-            Ok(()) => info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded"),
+            Ok(()) => {
+                info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded");
+                self.metrics.case_ended(&rec.outcome, rec.intake_completed);
+            }
             Err(e) => error!(case = %rec.case, error = %e, "writing the outcome record failed"),
         }
     }
