@@ -52,6 +52,8 @@ pub enum VisitorInput {
 pub enum Action {
     /// Send a notice to the case room.
     Say { key: String, text: String },
+    /// Send the intake summary (plain and HTML) to the case room.
+    Brief { key: String, text: String, html: String },
     /// Send a notice to the staff room.
     Staff { text: String },
     Invite { key: String, user: String },
@@ -288,7 +290,7 @@ impl Desk {
         }
         let (summary, notice) = case.counsellor_joined(&self.settings, now);
         out.push(Action::SaveCase { key: key.to_owned() });
-        out.push(Action::Say { key: key.to_owned(), text: summary });
+        out.push(Action::Brief { key: key.to_owned(), text: summary.plain, html: summary.html });
         out.push(Action::Say { key: key.to_owned(), text: notice });
     }
 

@@ -23,7 +23,7 @@ fn said_to(actions: &[Action], key: &str) -> Vec<String> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Say { key: k, text } if k == key => Some(text.clone()),
+            Action::Say { key: k, text } | Action::Brief { key: k, text, .. } if k == key => Some(text.clone()),
             _ => None,
         })
         .collect()

@@ -450,7 +450,7 @@ impl Case {
 
     /// The counsellor joined: returns the summary for them and the notice
     /// for the visitor. Clears the in-memory texts once they are handed over.
-    pub fn counsellor_joined(&mut self, s: &Settings, now: i64) -> (String, String) {
+    pub fn counsellor_joined(&mut self, s: &Settings, now: i64) -> (Rich, String) {
         self.step = Step::Counsellor;
         if !self.counsellor_joined {
             self.counsellor_joined = true;
@@ -519,15 +519,30 @@ pub fn question_text(s: &Settings, lang: &str, i: usize) -> String {
     out
 }
 
-/// The intake summary for the counsellor, in the staff language.
-pub fn summary(s: &Settings, case: &Case) -> String {
+/// A message with an HTML rendering and its plain-text fallback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rich {
+    pub plain: String,
+    pub html: String,
+}
+
+/// The intake summary for the counsellor, in the staff language: plain
+/// text, and HTML that reads well in Element on a phone (a bold title, a
+/// list of answers with the answer in bold, the waiting messages quoted).
+pub fn summary(s: &Settings, case: &Case) -> Rich {
+    use text::escape_html as esc;
     let lang = s.staff_language();
-    let mut out = s.say(lang, TextKey::SummaryTitle, &[("case", &case.id)]);
+    let title = s.say(lang, TextKey::SummaryTitle, &[("case", &case.id)]);
+    let mut plain = title.clone();
+    let mut html = format!("<p><strong>{}</strong>", esc(&title));
     if case.urgent {
-        out.push('\n');
-        out.push_str(&s.say(lang, TextKey::SummaryUrgent, &[]));
+        let u = s.say(lang, TextKey::SummaryUrgent, &[]);
+        plain.push_str(&format!("\n{u}"));
+        html.push_str(&format!("<br><strong>⚠ {}</strong>", esc(&u)));
     }
-    out.push_str(&format!("\n{}: {}", "Language / taal", text::language_name(case.lang())));
+    let language = format!("Language / taal: {}", text::language_name(case.lang()));
+    plain.push_str(&format!("\n{language}"));
+    html.push_str(&format!("<br>{}</p><ul>", esc(&language)));
     for q in &s.questions {
         let prompt = q.prompt.get(lang).or_else(|| q.prompt.values().next()).map_or("", String::as_str);
         let answer = match case.answers.get(&q.id) {
@@ -544,17 +559,26 @@ pub fn summary(s: &Settings, case: &Case) -> String {
                 .map(|c| c.label.get(lang).or_else(|| c.label.values().next()).cloned().unwrap_or_default())
                 .unwrap_or_else(|| id.clone()),
         };
-        out.push_str(&format!("\n- {prompt} {answer}"));
+        plain.push_str(&format!("\n- {prompt} {answer}"));
+        html.push_str(&format!("<li>{}<br><strong>{}</strong></li>", esc(prompt), esc(&answer)));
     }
+    html.push_str("</ul>");
     if !case.waiting_messages.is_empty() {
-        out.push_str("\nWhile waiting / tijdens het wachten:");
+        let head = "While waiting / tijdens het wachten:";
+        plain.push_str(&format!("\n{head}"));
+        html.push_str(&format!("<p>{}</p><blockquote>", esc(head)));
+        let quoted: Vec<String> = case.waiting_messages.iter().map(|m| esc(m)).collect();
         for m in &case.waiting_messages {
-            out.push_str(&format!("\n> {m}"));
+            plain.push_str(&format!("\n> {m}"));
         }
+        html.push_str(&quoted.join("<br>"));
+        html.push_str("</blockquote>");
     }
-    out.push('\n');
-    out.push_str(&s.say(lang, TextKey::SummaryHelp, &[("tags", &s.tags.join(", "))]));
-    out
+    let help = s.say(lang, TextKey::SummaryHelp, &[("tags", &s.tags.join(", "))]);
+    plain.push('\n');
+    plain.push_str(&help);
+    html.push_str(&format!("<p><em>{}</em></p>", esc(&help)));
+    Rich { plain, html }
 }
 
 #[cfg(test)]

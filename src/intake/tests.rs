@@ -222,7 +222,8 @@ fn text_answers_stay_in_memory_only() {
     let json = serde_json::to_string(&c).unwrap();
     assert!(!json.contains("CANARY"), "{json}");
     let (summary, notice) = c.counsellor_joined(&s, 50);
-    assert!(summary.contains("He took my passport CANARY-TEXT"));
+    assert!(summary.plain.contains("He took my passport CANARY-TEXT"));
+    assert!(summary.html.contains("He took my passport CANARY-TEXT"));
     assert!(notice.contains("counsellor is here"));
     assert!(c.free_text.is_empty());
     // Restored from the store: the text is gone, the summary says so.
@@ -232,7 +233,31 @@ fn text_answers_stay_in_memory_only() {
 
 fn summary_mentions_lost_text(s: &Settings, c: &mut Case) -> bool {
     let (summary, _) = c.counsellor_joined(s, 60);
-    summary.contains("not kept after a restart")
+    summary.plain.contains("not kept after a restart")
+}
+
+#[test]
+fn visitor_text_in_the_html_summary_is_escaped() {
+    let (s, mut c) = started(&["en"]);
+    for a in ["1", "1", "1", "1", "1", "1"] {
+        c.handle(&s, 10, Input::Text(a));
+    }
+    c.handle(&s, 20, Input::Text("<b>x</b> & <script>alert(1)</script>"));
+    let (summary, _) = c.counsellor_joined(&s, 30);
+    assert!(!summary.html.contains("<script>") && !summary.html.contains("<b>x"), "{}", summary.html);
+    assert!(summary.html.contains("&lt;b&gt;x&lt;/b&gt; &amp; &lt;script&gt;"), "{}", summary.html);
+    assert!(summary.plain.contains("<b>x</b> & <script>"));
+}
+
+#[test]
+fn staff_notices_render_as_html() {
+    use crate::intake::text::plain_to_html;
+    assert_eq!(plain_to_html("Case 1a <urgent>"), "Case 1a &lt;urgent&gt;");
+    assert_eq!(
+        plain_to_html("Commands:\n- !available: take cases\n- !away: stop\nThat is all."),
+        "<strong>Commands:</strong><ul><li>!available: take cases</li><li>!away: stop</li></ul>That is all."
+    );
+    assert_eq!(plain_to_html("a\nb\nc"), "<strong>a</strong><br>b<br>c");
 }
 
 #[test]
@@ -246,9 +271,14 @@ fn waiting_messages_get_one_note_and_reach_the_summary() {
     let fx = c.handle(&s, 21, Input::Text("hello?"));
     assert!(fx.is_empty());
     let (summary, _) = c.counsellor_joined(&s, 30);
-    assert!(summary.contains("are you there?") && summary.contains("hello?"));
-    assert!(summary.contains("For myself"));
-    assert!(summary.contains("!close"));
+    assert!(summary.plain.contains("are you there?") && summary.plain.contains("hello?"));
+    assert!(summary.plain.contains("For myself"));
+    assert!(summary.plain.contains("!close"));
+    // The HTML has the same content, marked up, and escapes what visitors typed.
+    assert!(summary.html.starts_with("<p><strong>New chat"), "{}", summary.html);
+    assert!(summary.html.contains("<strong>For myself</strong>"), "{}", summary.html);
+    assert!(summary.html.contains("<blockquote>are you there?<br>hello?</blockquote>"), "{}", summary.html);
+    assert!(summary.html.contains("!close"));
     // With the counsellor, the bot keeps quiet.
     assert!(c.handle(&s, 31, Input::Text("1")).is_empty());
     assert_eq!(c.step, Step::Counsellor);

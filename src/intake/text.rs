@@ -218,6 +218,55 @@ impl Texts {
     }
 }
 
+/// Text made safe to put inside HTML.
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A plain notice as HTML: escaped, line breaks kept, the first line in
+/// bold when there are several (a title), lines starting `- ` as a list.
+pub fn plain_to_html(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    let mut out = String::new();
+    let mut in_list = false;
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(item) = l.strip_prefix("- ") {
+            if !in_list {
+                out.push_str("<ul>");
+                in_list = true;
+            }
+            out.push_str(&format!("<li>{}</li>", escape_html(item)));
+            continue;
+        }
+        if in_list {
+            out.push_str("</ul>");
+            in_list = false;
+        } else if i > 0 {
+            out.push_str("<br>");
+        }
+        if i == 0 && lines.len() > 1 {
+            out.push_str(&format!("<strong>{}</strong>", escape_html(l)));
+        } else {
+            out.push_str(&escape_html(l));
+        }
+    }
+    if in_list {
+        out.push_str("</ul>");
+    }
+    out
+}
+
 /// Case- and accent-folds text and turns punctuation into single spaces:
 /// "  Héllo,  WORLD! " -> "hello world". Matching runs on folded text only.
 pub fn fold(s: &str) -> String {

@@ -46,6 +46,8 @@ enum Target {
 #[derive(Debug)]
 enum Job {
     Say(String),
+    /// A notice with an HTML body and its plain fallback (for counsellors).
+    Html(String, String),
     Invite(OwnedUserId),
     Withdraw(OwnedUserId),
     /// Leave and forget the room, then purge it where configured.
@@ -62,6 +64,11 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
             match job {
                 Job::Say(text) => {
                     if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
+                        error!(case = %case, error = %scrub_err(&e), "sending a message failed");
+                    }
+                }
+                Job::Html(plain, html) => {
+                    if let Err(e) = room.send(RoomMessageEventContent::notice_html(plain, html)).await {
                         error!(case = %case, error = %scrub_err(&e), "sending a message failed");
                     }
                 }
@@ -92,6 +99,12 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
         }
     }));
     tx
+}
+
+/// Staff notices go out as HTML (bold titles, lists) with a plain fallback.
+fn staff_notice(text: String) -> Job {
+    let html = crate::intake::text::plain_to_html(&text);
+    Job::Html(text, html)
 }
 
 /// How far back a restart looks for messages it missed.
@@ -299,7 +312,7 @@ impl Worker {
             Inbound::StaffReady(room) => {
                 let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
                 let q = spawn_sender(room, "staff".into(), &mut self.senders);
-                let _ = q.send(Job::Say(online));
+                let _ = q.send(staff_notice(online));
                 for job in std::mem::take(&mut self.pending_staff) {
                     let _ = q.send(job);
                 }
@@ -490,7 +503,8 @@ impl Worker {
         for a in actions {
             match a {
                 Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
-                Action::Staff { text } => self.pending.push((Target::Staff, Job::Say(text))),
+                Action::Brief { key, text, html } => self.pending.push((Target::Case(key), Job::Html(text, html))),
+                Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
                     Ok(uid) => self.pending.push((Target::Case(key), Job::Invite(uid))),
                     Err(_) => error!("a configured counsellor id does not parse"),
