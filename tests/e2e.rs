@@ -188,3 +188,65 @@ async fn a_visitor_who_leaves_gives_an_abandoned_record() {
     assert_eq!(records[0]["intake_completed"], false);
     assert_eq!(records[0]["answers"]["for_whom"], "self");
 }
+
+/// A 1x1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1f, 0x15, 0xc4, 0x89, 0x00, 0x00, 0x00, 0x0d, 0x49,
+    0x44, 0x41, 0x54, 0x78, 0x9c, 0x63, 0xf8, 0xcf, 0xc0, 0xf0, 0x1f, 0x00, 0x05, 0x00, 0x01, 0xff, 0x89, 0x99, 0x3d,
+    0x1d, 0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counsellors_see_a_profile_a_neutral_room_name_and_a_rich_summary() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    // Give the bot a display name and an avatar, and restart it.
+    s.bot.stop();
+    std::fs::write(s.bot.config.parent().unwrap().join("avatar.png"), PNG).unwrap();
+    let cfg = std::fs::read_to_string(&s.bot.config).unwrap().replace(
+        "device_name = \"intake-bot test\"",
+        "device_name = \"intake-bot test\"\ndisplay_name = \"Chat\"\navatar_file = \"avatar.png\"",
+    );
+    std::fs::write(&s.bot.config, cfg).unwrap();
+    s.bot.start();
+    let c = &s.counsellors[0];
+    // The online notice is HTML with a plain fallback.
+    let online = c.expect_msg(&s.staff_room, "intake-bot is online").await;
+    assert!(online.html.is_some(), "{online:?}");
+    let bot_id: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let p = c.client.account().fetch_user_profile_of(&bot_id).await.unwrap();
+        let name = p.get("displayname").and_then(|v| v.as_str()).map(str::to_owned);
+        let avatar = p.get("avatar_url").and_then(|v| v.as_str()).map(str::to_owned);
+        if name.as_deref() == Some("Chat") && avatar.as_deref().is_some_and(|a| a.starts_with("mxc://")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "profile not set: {name:?} {avatar:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    s.staff(0, "!available", "You are available").await;
+    let v = &s.visitor;
+    let room = v.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room, ["1", "1", "1", "1", "1", "1"]).await;
+    let case_room = c.wait_invite().await;
+    // The invite shows a neutral name, not the visitor's.
+    let name = c.client.get_room(&case_room).and_then(|r| r.name()).unwrap_or_default();
+    assert!(name.starts_with("Chat ") && name.len() == "Chat ".len() + 16, "room name {name:?}");
+    c.join(&case_room).await;
+    let summary = c.expect_msg(&room, "!close").await;
+    let html = summary.html.expect("the summary has an HTML body");
+    assert!(html.contains("<strong>For myself</strong>"), "{html}");
+    assert!(html.contains("<ul>") && html.contains("<li>"), "{html}");
+    assert!(summary.body.contains("- Who are you chatting for? For myself"), "{}", summary.body);
+    c.send(&room, "!close advice").await;
+    v.expect(&room, "ended this chat").await;
+    // A restart with the same avatar does not upload it again.
+    s.bot.stop();
+    s.bot.start();
+    c.expect(&s.staff_room, "intake-bot is online").await;
+    s.bot.stop();
+    let log = s.bot.log_text();
+    assert_eq!(log.matches("avatar uploaded").count(), 1, "{log}");
+}

@@ -180,6 +180,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let worker_task = tokio::spawn(worker.run(rx, stop_rx));
     let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone()));
+    tokio::spawn(apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
 
     shutdown.await;
@@ -243,6 +244,51 @@ async fn sync_loop(client: Client, mut settings: SyncSettings, metrics: Arc<crat
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Sets the bot's display name and avatar from the config where they
+/// differ. The avatar is uploaded again only when the file changed (its
+/// hash is kept in the data directory). Failures are logged, never fatal.
+async fn apply_profile(client: Client, m: crate::config::MatrixConfig, data_dir: std::path::PathBuf) {
+    let account = client.account();
+    if let Some(name) = &m.display_name {
+        match account.get_display_name().await {
+            Ok(current) if current.as_deref() == Some(name.as_str()) => {}
+            _ => match account.set_display_name(Some(name)).await {
+                Ok(()) => info!("display name set from matrix.display_name"),
+                Err(e) => warn!(error = %scrub_err(&e), "could not set the display name"),
+            },
+        }
+    }
+    let Some(path) = &m.avatar_file else { return };
+    let data = match std::fs::read(path) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(file = %path.display(), error = %e, "cannot read matrix.avatar_file; avatar left as it is");
+            return;
+        }
+    };
+    let mime: mime::Mime = match crate::config::avatar_mime(path).and_then(|m| m.parse().ok()) {
+        Some(m) => m,
+        None => return,
+    };
+    let hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&data))
+    };
+    let marker = data_dir.join("avatar.sha256");
+    if std::fs::read_to_string(&marker).is_ok_and(|h| h.trim() == hash) {
+        return;
+    }
+    match account.upload_avatar(&mime, data).await {
+        Ok(_) => {
+            info!("avatar uploaded from matrix.avatar_file");
+            if let Err(e) = std::fs::write(&marker, &hash) {
+                warn!(error = %e, "could not remember the avatar's hash; it is uploaded again next start");
+            }
+        }
+        Err(e) => warn!(error = %scrub_err(&e), "could not upload the avatar"),
     }
 }
 

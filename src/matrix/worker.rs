@@ -48,7 +48,8 @@ enum Job {
     Say(String),
     /// A notice with an HTML body and its plain fallback (for counsellors).
     Html(String, String),
-    Invite(OwnedUserId),
+    /// Offer the case to a counsellor, first naming the room (if given).
+    Invite(OwnedUserId, Option<String>),
     Withdraw(OwnedUserId),
     /// Leave and forget the room, then purge it where configured.
     Leave { case_id: String, purger: Option<super::purge::Purger> },
@@ -72,10 +73,15 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
                         error!(case = %case, error = %scrub_err(&e), "sending a message failed");
                     }
                 }
-                Job::Invite(uid) => match room.invite_user_by_id(&uid).await {
-                    Ok(()) => info!(case = %case, "offered to a counsellor"),
-                    Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
-                },
+                Job::Invite(uid, name) => {
+                    if let Some(name) = name {
+                        name_room(&room, name, &case).await;
+                    }
+                    match room.invite_user_by_id(&uid).await {
+                        Ok(()) => info!(case = %case, "offered to a counsellor"),
+                        Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
+                    }
+                }
                 Job::Withdraw(uid) => match room.kick_user(&uid, None).await {
                     Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
                     Err(e) => {
@@ -99,6 +105,26 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
         }
     }));
     tx
+}
+
+/// Gives an unnamed case room a neutral name, where the bot may, so that
+/// the counsellor's invite does not show the visitor's name.
+async fn name_room(room: &Room, name: String, case: &str) {
+    if room.name().is_some() {
+        return;
+    }
+    let me = room.own_user_id().to_owned();
+    let may = room
+        .power_levels()
+        .await
+        .is_ok_and(|p| p.user_can_send_state(&me, matrix_sdk::ruma::events::StateEventType::RoomName));
+    if !may {
+        debug!(case = %case, "no power to name the room; left unnamed");
+        return;
+    }
+    if let Err(e) = room.set_name(name).await {
+        debug!(case = %case, error = %scrub_err(&e), "naming the room failed");
+    }
 }
 
 /// Staff notices go out as HTML (bold titles, lists) with a plain fallback.
@@ -169,6 +195,8 @@ pub struct Worker {
     prepared_tx: mpsc::Sender<(Room, Verdict)>,
     prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
     metrics: Arc<Metrics>,
+    /// `staff.room_name`; empty leaves room names alone.
+    room_name: String,
 }
 
 impl Worker {
@@ -240,6 +268,7 @@ impl Worker {
             prepared_tx,
             prepared_rx: Some(prepared_rx),
             metrics,
+            room_name: config.staff.room_name.clone(),
         })
     }
 
@@ -506,7 +535,11 @@ impl Worker {
                 Action::Brief { key, text, html } => self.pending.push((Target::Case(key), Job::Html(text, html))),
                 Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
-                    Ok(uid) => self.pending.push((Target::Case(key), Job::Invite(uid))),
+                    Ok(uid) => {
+                        let name = (!self.room_name.is_empty())
+                            .then(|| self.room_name.replace("{case}", self.desk.case_id(&key).unwrap_or("")));
+                        self.pending.push((Target::Case(key), Job::Invite(uid, name)))
+                    }
                     Err(_) => error!("a configured counsellor id does not parse"),
                 },
                 Action::Withdraw { key, user } => match UserId::parse(user.as_str()) {

@@ -233,6 +233,8 @@ pub struct Received {
     pub room: OwnedRoomId,
     pub sender: OwnedUserId,
     pub body: String,
+    /// The HTML body, when the message has one.
+    pub html: Option<String>,
     /// When the (decrypted) message reached this client.
     pub at: Instant,
 }
@@ -271,14 +273,14 @@ impl TestClient {
         client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, room: Room| {
             let i = i.clone();
             async move {
-                let body = match ev.content.msgtype {
-                    MessageType::Text(t) => t.body,
-                    MessageType::Notice(t) => t.body,
+                let (body, html) = match ev.content.msgtype {
+                    MessageType::Text(t) => (t.body, t.formatted.map(|f| f.body)),
+                    MessageType::Notice(t) => (t.body, t.formatted.map(|f| f.body)),
                     _ => return,
                 };
                 let at = Instant::now();
                 let room = room.room_id().to_owned();
-                i.lock().unwrap().entry(room.clone()).or_default().push_back(Received { room, sender: ev.sender, body, at });
+                i.lock().unwrap().entry(room.clone()).or_default().push_back(Received { room, sender: ev.sender, body, html, at });
             }
         });
         let inv = invites.clone();
@@ -359,6 +361,16 @@ impl TestClient {
 
     /// Like [`TestClient::wait_for`], also returning when it arrived.
     pub async fn wait_for_at(&self, room: &RoomId, what: &str, pred: impl Fn(&str) -> bool) -> (String, Instant) {
+        let m = self.wait_for_msg(room, what, pred).await;
+        (m.body, m.at)
+    }
+
+    /// Waits for a message containing `needle`, returned whole.
+    pub async fn expect_msg(&self, room: &RoomId, needle: &str) -> Received {
+        self.wait_for_msg(room, needle, |b| b.contains(needle)).await
+    }
+
+    async fn wait_for_msg(&self, room: &RoomId, what: &str, pred: impl Fn(&str) -> bool) -> Received {
         let deadline = Instant::now() + TIMEOUT;
         let mut seen = Vec::new();
         loop {
@@ -366,7 +378,7 @@ impl TestClient {
             match next {
                 Some(m) if m.sender != self.user_id => {
                     if pred(&m.body) {
-                        return (m.body, m.at);
+                        return m;
                     }
                     seen.push(m.body);
                 }
