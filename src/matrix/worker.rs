@@ -48,6 +48,8 @@ enum Job {
     Say(String),
     /// A notice with an HTML body and its plain fallback (for counsellors).
     Html(String, String),
+    /// Fetch a user's device keys now, before what follows is encrypted.
+    RefreshKeys(OwnedUserId),
     /// Offer the case to a counsellor, first naming the room (if given).
     Invite(OwnedUserId, Option<String>),
     Withdraw(OwnedUserId),
@@ -82,6 +84,7 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
                         Err(e) => error!(case = %case, error = %scrub_err(&e), "inviting the counsellor failed"),
                     }
                 }
+                Job::RefreshKeys(uid) => super::refresh_user_keys(&room.client(), &uid).await,
                 Job::Withdraw(uid) => match room.kick_user(&uid, None).await {
                     Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
                     Err(e) => {
@@ -135,6 +138,9 @@ fn staff_notice(text: String) -> Job {
 
 /// How far back a restart looks for messages it missed.
 const BACKFILL_LIMIT: u32 = 50;
+
+/// How many rooms' histories a restart fetches at once.
+const BACKFILL_CONCURRENCY: usize = 16;
 
 /// How often cases past the retention limit are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
@@ -399,8 +405,10 @@ impl Worker {
                 let Some(key) = self.case_key(&room) else { return };
                 let event = match (self.is_counsellor(&user), change) {
                     (true, MemberChange::Joined) => {
-                        // The summary must be encrypted for their devices.
-                        super::refresh_user_keys(&self.client, &user).await;
+                        // The summary must be encrypted for their devices:
+                        // the room's sender fetches their keys first, so
+                        // the worker never waits on the network for it.
+                        self.pending.push((Target::Case(key.clone()), Job::RefreshKeys(user.clone())));
                         Event::CounsellorJoined { key, user: user.to_string() }
                     }
                     (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
@@ -462,14 +470,30 @@ impl Worker {
     /// in order, the messages not handled yet (sent while the bot was down,
     /// or received just before a crash). Stops at the newest handled event
     /// or at the bot's own join. Events handled twice are dropped anyway.
+    ///
+    /// The histories are fetched side by side (a bounded number at once):
+    /// with a thousand rooms, one after another would keep every visitor
+    /// waiting for a minute. They are handled one room at a time, in order.
     async fn backfill(&mut self) {
         let me = self.client.user_id().map(ToOwned::to_owned);
-        let rooms: Vec<(String, Room)> = self.rooms.iter().map(|(k, r)| (k.clone(), r.clone())).collect();
-        for (key, room) in rooms {
-            let mut opts = MessagesOptions::backward();
-            opts.limit = UInt::from(BACKFILL_LIMIT);
-            let chunk = match room.messages(opts).await {
-                Ok(m) => m.chunk,
+        let limit = Arc::new(tokio::sync::Semaphore::new(BACKFILL_CONCURRENCY));
+        let mut fetches = tokio::task::JoinSet::new();
+        for (key, room) in self.rooms.iter().map(|(k, r)| (k.clone(), r.clone())) {
+            let limit = limit.clone();
+            fetches.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let mut opts = MessagesOptions::backward();
+                opts.limit = UInt::from(BACKFILL_LIMIT);
+                let chunk = room.messages(opts).await.map(|m| m.chunk);
+                (key, room, chunk)
+            });
+        }
+        let started = std::time::Instant::now();
+        let rooms = fetches.len();
+        while let Some(done) = fetches.join_next().await {
+            let Ok((key, room, chunk)) = done else { continue };
+            let chunk = match chunk {
+                Ok(c) => c,
                 Err(e) => {
                     warn!(case = self.desk.case_id(&key).unwrap_or("?"), error = %scrub_err(&e), "back-fill failed");
                     continue;
@@ -505,6 +529,9 @@ impl Worker {
                 self.inbound(m).await;
             }
             self.commit().await;
+        }
+        if rooms > 0 {
+            info!(rooms, took_ms = started.elapsed().as_millis() as u64, "back-fill after start done");
         }
     }
 
