@@ -211,4 +211,14 @@ mod tests {
         assert_eq!(lines.next().unwrap(), "a1,2026-W48,en,false,true,true,<1m,5-15m,advice,,15_17,");
         assert_eq!(lines.next().unwrap(), "\"b,2\",2026-W48,en,false,true,true,<1m,5-15m,referred,,,myself");
     }
+
+    #[test]
+    fn the_documented_csv_header_is_the_real_one() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let header = CSV_FIXED.join(",");
+        assert!(readme.contains(&format!("`{header}`")), "README must document the CSV header {header}");
+        for b in WAIT_BUCKETS {
+            assert!(readme.contains(b), "README must list wait bucket {b}");
+        }
+    }
 }
