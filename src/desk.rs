@@ -39,6 +39,39 @@ pub enum Event {
     Tick,
 }
 
+impl Event {
+    /// The kind of event, for logs (never its content).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Opened { .. } => "opened",
+            Event::Visitor { input: VisitorInput::Text(_), .. } => "visitor_text",
+            Event::Visitor { input: VisitorInput::NonText, .. } => "visitor_non_text",
+            Event::Visitor { input: VisitorInput::Undecryptable, .. } => "visitor_undecryptable",
+            Event::VisitorLeft { .. } => "visitor_left",
+            Event::Intruder { .. } => "intruder",
+            Event::CounsellorJoined { .. } => "counsellor_joined",
+            Event::CounsellorLeft { .. } => "counsellor_left",
+            Event::CounsellorText { .. } => "counsellor_text",
+            Event::Staff { .. } => "staff_text",
+            Event::Tick => "tick",
+        }
+    }
+
+    /// The case key the event is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Event::Opened { key, .. }
+            | Event::Visitor { key, .. }
+            | Event::VisitorLeft { key }
+            | Event::Intruder { key }
+            | Event::CounsellorJoined { key, .. }
+            | Event::CounsellorLeft { key, .. }
+            | Event::CounsellorText { key, .. } => Some(key),
+            Event::Staff { .. } | Event::Tick => None,
+        }
+    }
+}
+
 /// An owned [`Input`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VisitorInput {

@@ -546,7 +546,12 @@ impl Worker {
     }
 
     async fn dispatch(&mut self, event: Event) {
+        let kind = event.kind();
+        let case = event.key().and_then(|k| self.desk.case_id(k)).map(str::to_owned);
         let actions = self.desk.handle(now(), event);
+        if kind != "tick" || !actions.is_empty() {
+            debug!(event = kind, case = case.as_deref().unwrap_or("-"), actions = actions.len(), "handled");
+        }
         self.execute(actions).await;
     }
 
