@@ -143,15 +143,21 @@ def main():
         f = DATA / name
         f.write_text(accounts[key] + "\n")
         os.chmod(f, 0o600)
-    example = (ROOT / "config.example.toml").read_text()
-    config = (example
-              .replace('homeserver_url = "http://127.0.0.1:8008"', f'homeserver_url = "{URL}"')
-              .replace('data_dir = "data"', 'data_dir = "bot-data"')
-              .replace('room = "!staffroom:localhost"', f'room = "{accounts["staff_room"]}"')
-              .replace('accept_timeout_secs = 120', 'accept_timeout_secs = 300')
-              .replace('# password_file = "/run/credentials/intake-bot/password"', 'password_file = "password"')
-              .replace('# store_passphrase_file = "/run/credentials/intake-bot/store-passphrase"',
-                       'store_passphrase_file = "store-passphrase"'))
+    config = (ROOT / "config.example.toml").read_text()
+    for old, new in [
+        ('homeserver_url = "http://127.0.0.1:8008"', f'homeserver_url = "{URL}"'),
+        ('data_dir = "data"', 'data_dir = "bot-data"'),
+        ('room = "!staffroom:localhost"', f'room = "{accounts["staff_room"]}"'),
+        ('accept_timeout_secs = 120', 'accept_timeout_secs = 300'),
+        ('# password_file = "/run/credentials/intake-bot.service/password"', 'password_file = "password"'),
+        ('# store_passphrase_file = "/run/credentials/intake-bot.service/store-passphrase"',
+         'store_passphrase_file = "store-passphrase"'),
+        ('# listen = "127.0.0.1:9100"', f'listen = "127.0.0.1:{PORT + 1}"'),
+    ]:
+        # Fail loudly when config.example.toml changed under this script.
+        if old not in config:
+            sys.exit(f"dev.py: config.example.toml no longer contains {old!r}; update scripts/dev.py")
+        config = config.replace(old, new)
     (DATA / "bot.toml").write_text(config)
 
     print("Building intake-bot...", flush=True)
@@ -171,6 +177,7 @@ pointed at the homeserver {URL}:
                and answer the questions; the counsellor gets an invite.
                The counsellor ends the case with  !close advice
 
+Health:   curl http://127.0.0.1:{PORT + 1}/healthz   Metrics: curl http://127.0.0.1:{PORT + 1}/metrics
 Records:  target/debug/intake-bot --config dev-data/bot.toml export   (after Ctrl-C)
 Config:   dev-data/bot.toml   Logs: this terminal.   Stop: Ctrl-C
 """, flush=True)
