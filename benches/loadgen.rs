@@ -83,7 +83,11 @@ fn main() {
 #[derive(Default, Debug)]
 struct Run {
     turns: Vec<Duration>,
+    /// The same samples by turn number (0 = first answer).
+    by_turn: Vec<Vec<Duration>>,
     invites: Vec<Duration>,
+    /// Room created -> first question received (greeting latency).
+    greetings: Vec<Duration>,
     completed: usize,
     no_room: usize,
     lost: usize,
@@ -92,12 +96,28 @@ struct Run {
 }
 
 impl Run {
+    /// "turn 1: p50/max ms, ..." to see which step of a case is slow.
+    fn turn_breakdown(&self) -> String {
+        let mut out = Vec::new();
+        for (i, v) in self.by_turn.iter().enumerate() {
+            let mut v = v.clone();
+            out.push(format!("{}: {}/{}", i + 1, ms(pct(&mut v, 0.5)), ms(pct(&mut v, 1.0))));
+        }
+        out.join(", ")
+    }
+
     /// Waits for every visitor and sorts the outcomes.
     async fn collect(tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>, Outcome>>>) -> Run {
         let mut run = Run::default();
         for t in tasks {
             match t.await.expect("visitor task") {
                 Ok(turns) => {
+                    for (i, t) in turns.iter().enumerate() {
+                        if run.by_turn.len() <= i {
+                            run.by_turn.resize(i + 1, Vec::new());
+                        }
+                        run.by_turn[i].push(*t);
+                    }
                     run.turns.extend(turns);
                     run.completed += 1;
                 }
@@ -220,6 +240,13 @@ async fn run(args: Args) {
     for (name, a, e) in [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)] {
         report.push_str(&format!("| {name} | {} | {} | {} |\n", ms(a), ms(e), ratio(a, e)));
     }
+    let mut g = b.greetings.clone();
+    report.push_str(&format!(
+        "| open chat -> first question p50 / p95 / p99 (ms) | {} / {} / {} | | |\n",
+        ms(pct(&mut g, 0.5)),
+        ms(pct(&mut g, 0.95)),
+        ms(pct(&mut g, 0.99))
+    ));
     let mut inv = b.invites.clone();
     report.push_str(&format!(
         "| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} / {} / {} | | |\n",
@@ -245,6 +272,11 @@ async fn run(args: Args) {
     report.push_str(&format!("| bot CPU seconds | {:.1} | | |\n", bot_cpu1 - bot_cpu0));
     report.push_str(&format!("| Synapse CPU seconds | {:.1} | | |\n", syn_cpu1 - syn_cpu0));
     report.push_str(&format!("| turns measured | {} | {} | |\n", b.turns.len(), echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)));
+    report.push_str(&format!(
+        "| per turn number, p50/max (ms) | {} | {} | |\n",
+        b.turn_breakdown(),
+        echo.as_ref().map(|e| e.turn_breakdown()).unwrap_or_default()
+    ));
 
     if args.restart_rooms > 0 {
         let secs = restart_run(&mut scene, args.restart_rooms).await;
@@ -261,6 +293,7 @@ async fn run(args: Args) {
 async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
     let last_answer: Arc<Mutex<HashMap<OwnedRoomId, Instant>>> = Default::default();
     let invites: Arc<Mutex<Vec<Duration>>> = Default::default();
+    let greetings: Arc<Mutex<Vec<Duration>>> = Default::default();
     // Counsellors: accept every invite, read the summary, close.
     let mut counsellor_tasks = Vec::new();
     for c in &scene.counsellors {
@@ -277,10 +310,11 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Ru
             let v = v.clone();
             let bot = scene.bot.user_id.clone();
             let last = last_answer.clone();
+            let greet = greetings.clone();
             let delay = Duration::from_secs_f64(ramp_secs * i as f64 / vs.len() as f64);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                visitor_intake(v, bot, last).await
+                visitor_intake(v, bot, last, greet).await
             })
         })
         .collect();
@@ -290,6 +324,7 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Ru
         t.abort();
     }
     run.invites = invites.lock().unwrap().clone();
+    run.greetings = greetings.lock().unwrap().clone();
     run
 }
 
@@ -317,9 +352,12 @@ async fn visitor_intake(
     v: Arc<TestClient>,
     bot: String,
     last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>,
+    greetings: Arc<Mutex<Vec<Duration>>>,
 ) -> Result<Vec<Duration>, Outcome> {
+    let t = Instant::now();
     let room = v.try_open_dm(&bot).await.map_err(|_| Outcome::NoRoom)?;
-    wait_text(&v, &room, "(1/6)").await.ok_or(Outcome::Lost)?;
+    let at = wait_text(&v, &room, "(1/6)").await.ok_or(Outcome::Lost)?;
+    greetings.lock().unwrap().push(at.saturating_duration_since(t));
     let mut turns = Vec::new();
     for (i, a) in ANSWERS.iter().enumerate() {
         let next = if i < 5 { format!("({}/6)", i + 2) } else { "looking for a counsellor".to_owned() };

@@ -65,16 +65,8 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
     tasks.push(tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
             match job {
-                Job::Say(text) => {
-                    if let Err(e) = room.send(RoomMessageEventContent::notice_plain(text)).await {
-                        error!(case = %case, error = %scrub_err(&e), "sending a message failed");
-                    }
-                }
-                Job::Html(plain, html) => {
-                    if let Err(e) = room.send(RoomMessageEventContent::notice_html(plain, html)).await {
-                        error!(case = %case, error = %scrub_err(&e), "sending a message failed");
-                    }
-                }
+                Job::Say(text) => send(&room, &case, RoomMessageEventContent::notice_plain(text)).await,
+                Job::Html(plain, html) => send(&room, &case, RoomMessageEventContent::notice_html(plain, html)).await,
                 Job::Invite(uid, name) => {
                     if let Some(name) = name {
                         name_room(&room, name, &case).await;
@@ -108,6 +100,23 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
         }
     }));
     tx
+}
+
+/// Sends one message; its time is logged at trace (debug when slow), so
+/// an operator can tell the bot's delays from the homeserver's.
+async fn send(room: &Room, case: &str, content: RoomMessageEventContent) {
+    let t = std::time::Instant::now();
+    match room.send(content).await {
+        Ok(_) => {
+            let ms = t.elapsed().as_millis() as u64;
+            if ms >= 1000 {
+                debug!(case = %case, ms, "slow send (encryption keys or homeserver)");
+            } else {
+                tracing::trace!(case = %case, ms, "sent");
+            }
+        }
+        Err(e) => error!(case = %case, error = %scrub_err(&e), "sending a message failed"),
+    }
 }
 
 /// Gives an unnamed case room a neutral name, where the bot may, so that

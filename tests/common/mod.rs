@@ -320,7 +320,11 @@ impl TestClient {
         req.preset = Some(RoomPreset::TrustedPrivateChat);
         req.initial_state =
             vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
-        Ok(self.client.create_room(req).await?.room_id().to_owned())
+        // Never retried: a createRoom that timed out on a loaded server may
+        // still have created the room, and a retry would make a second one.
+        let config = RequestConfig::new().disable_retry().timeout(Duration::from_secs(180));
+        let resp = self.client.send(req).with_request_config(config).await.map_err(matrix_sdk::Error::from)?;
+        Ok(resp.room_id)
     }
 
     /// Creates a private room and invites `users` (the staff room).
