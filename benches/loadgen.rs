@@ -240,20 +240,14 @@ async fn run(args: Args) {
     for (name, a, e) in [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)] {
         report.push_str(&format!("| {name} | {} | {} | {} |\n", ms(a), ms(e), ratio(a, e)));
     }
-    let mut g = b.greetings.clone();
-    report.push_str(&format!(
-        "| open chat -> first question p50 / p95 / p99 (ms) | {} / {} / {} | | |\n",
-        ms(pct(&mut g, 0.5)),
-        ms(pct(&mut g, 0.95)),
-        ms(pct(&mut g, 0.99))
-    ));
-    let mut inv = b.invites.clone();
-    report.push_str(&format!(
-        "| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} / {} / {} | | |\n",
-        ms(pct(&mut inv, 0.5)),
-        ms(pct(&mut inv, 0.95)),
-        ms(pct(&mut inv, 0.99))
-    ));
+    for (name, samples) in [
+        ("open chat -> first question", &b.greetings),
+        ("last answer -> counsellor invite", &b.invites),
+    ] {
+        let mut v = samples.clone();
+        let (a, c, d) = (pct(&mut v, 0.5), pct(&mut v, 0.95), pct(&mut v, 0.99));
+        report.push_str(&format!("| {name} p50 / p95 / p99 (ms) | {} / {} / {} | | |\n", ms(a), ms(c), ms(d)));
+    }
     report.push_str(&format!(
         "| cases completed / lost / stuck | {} / {} / {} | {} | |\n",
         b.completed,
