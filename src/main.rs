@@ -38,10 +38,10 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// First week to include: an ISO week (2026-W01) or a date in it (2026-01-01).
-        #[arg(long, value_name = "WEEK|DATE", value_parser = parse_week)]
+        #[arg(long, value_name = "WEEK|DATE", value_parser = Week::parse)]
         from: Option<Week>,
         /// Last week to include, same forms as --from.
-        #[arg(long, value_name = "WEEK|DATE", value_parser = parse_week)]
+        #[arg(long, value_name = "WEEK|DATE", value_parser = Week::parse)]
         to: Option<Week>,
         /// Also split the figures by week or by month.
         #[arg(long, value_enum)]
@@ -58,10 +58,6 @@ enum Command {
 enum ByArg {
     Week,
     Month,
-}
-
-fn parse_week(s: &str) -> Result<Week, String> {
-    Week::parse(s)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

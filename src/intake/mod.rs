@@ -566,13 +566,11 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
     if !case.waiting_messages.is_empty() {
         let head = "While waiting / tijdens het wachten:";
         plain.push_str(&format!("\n{head}"));
-        html.push_str(&format!("<p>{}</p><blockquote>", esc(head)));
         let quoted: Vec<String> = case.waiting_messages.iter().map(|m| esc(m)).collect();
         for m in &case.waiting_messages {
             plain.push_str(&format!("\n> {m}"));
         }
-        html.push_str(&quoted.join("<br>"));
-        html.push_str("</blockquote>");
+        html.push_str(&format!("<p>{}</p><blockquote>{}</blockquote>", esc(head), quoted.join("<br>")));
     }
     let help = s.say(lang, TextKey::SummaryHelp, &[("tags", &s.tags.join(", "))]);
     plain.push('\n');
