@@ -9,6 +9,7 @@
 pub mod purge;
 pub mod worker;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,9 +26,9 @@ use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::sticker::OriginalSyncStickerEvent;
-use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, UInt};
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room, RoomState};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secrets};
@@ -63,6 +64,66 @@ pub enum MemberChange {
     Left,
 }
 
+/// Lets a task wait until a room it just joined has come back in a whole
+/// sync iteration.
+///
+/// Why: a sync that brings a newly joined room marks its members' devices
+/// as "to be queried", and the SDK's `sync_once` sends that key query at
+/// the end of the same iteration. A message sent into the room before then
+/// makes matrix-sdk 0.18 wait up to 5 s for the query, twice, while holding
+/// the lock the sync loop needs to send it: the whole sync loop stalls, and
+/// every visitor's next message waits with it (seen in the load benchmark:
+/// 20 new chats at once stalled every first answer by ~10 s). Waiting for
+/// the iteration that brings the join to finish costs one sync round trip.
+#[derive(Debug, Default)]
+pub struct JoinWatch {
+    waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
+}
+
+impl JoinWatch {
+    /// Runs `join`; when it succeeds, waits (at most `limit`) until a sync
+    /// iteration that includes `room` as joined has finished. Registering
+    /// before joining means the iteration that brings the join is caught
+    /// however fast it comes.
+    pub async fn join_then_wait<T, E>(
+        &self,
+        room: &RoomId,
+        limit: Duration,
+        join: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(room.to_owned(), tx);
+        let out = join.await;
+        if out.is_ok() && tokio::time::timeout(limit, rx).await.is_err() {
+            debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
+        }
+        self.lock().remove(room);
+        out
+    }
+
+    /// Called by the sync loop after each whole iteration.
+    fn synced<'a>(&self, joined: impl Iterator<Item = &'a OwnedRoomId>) {
+        let mut waiting = self.lock();
+        if waiting.is_empty() {
+            return;
+        }
+        for room in joined {
+            if let Some(tx) = waiting.remove(room) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, oneshot::Sender<()>>> {
+        // A panic elsewhere while holding it leaves a plain map: keep going.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How long the staff room's first notice waits for the sync that brings
+/// the bot's join.
+const STAFF_JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
+
 /// Shared read-only context of the handlers.
 #[derive(Debug)]
 struct Ctx {
@@ -85,6 +146,11 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
             RequestConfig::new().timeout(Duration::from_secs(60)).max_retry_time(Duration::from_secs(60)),
         )
         .with_encryption_settings(EncryptionSettings { auto_enable_cross_signing: true, ..Default::default() })
+        // The SDK would otherwise hand each invited counsellor the keys to
+        // the room's whole history (uploaded as a file to the homeserver's
+        // media store, which a room purge does not remove), also to one who
+        // then declines. The summary carries what the counsellor needs.
+        .with_enable_share_history_on_invite(false)
         .build()
         .await
         .context("building the Matrix client (wrong store passphrase or a damaged store?)")?;
@@ -168,8 +234,16 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     }
     register_handlers(&client, ctx.clone());
 
-    let worker =
-        worker::Worker::new(config.clone(), &secrets, store, client.clone(), staff_room.clone(), metrics.clone())?;
+    let joins = Arc::new(JoinWatch::default());
+    let worker = worker::Worker::new(
+        config.clone(),
+        &secrets,
+        store,
+        client.clone(),
+        staff_room.clone(),
+        metrics.clone(),
+        joins.clone(),
+    )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listener {
         let mut stop = stop_rx.clone();
@@ -178,8 +252,8 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         }));
     }
     let worker_task = tokio::spawn(worker.run(rx, stop_rx));
-    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics));
-    tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone()));
+    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics, joins.clone()));
+    tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
     tokio::spawn(apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
 
@@ -221,12 +295,18 @@ async fn sync_with_retry(client: &Client, settings: SyncSettings) -> Result<Stri
 
 /// Syncs forever, with backoff while the homeserver is unreachable. An
 /// outage is logged once when it starts and once when it ends.
-async fn sync_loop(client: Client, mut settings: SyncSettings, metrics: Arc<crate::metrics::Metrics>) {
+async fn sync_loop(
+    client: Client,
+    mut settings: SyncSettings,
+    metrics: Arc<crate::metrics::Metrics>,
+    joins: Arc<JoinWatch>,
+) {
     let mut delay = Duration::from_secs(1);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         match client.sync_once(settings.clone()).await {
             Ok(r) => {
+                joins.synced(r.rooms.joined.keys());
                 settings = settings.token(r.next_batch);
                 metrics.sync_ok();
                 if let Some(t) = failing_since.take() {
@@ -294,13 +374,15 @@ async fn apply_profile(client: Client, m: crate::config::MatrixConfig, data_dir:
 
 /// Joins the staff room by id (accepting a pending invite), retrying, then
 /// tells the worker it can post there.
-async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<Inbound>) {
+async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<Inbound>, joins: Arc<JoinWatch>) {
     let mut delay = Duration::from_secs(1);
     let mut warned = false;
     loop {
         let joined = match client.get_room(&room_id) {
             Some(r) if r.state() == RoomState::Joined => Ok(r),
-            _ => client.join_room_by_id(&room_id).await,
+            // A fresh join: the online notice waits for the sync that brings
+            // it (see JoinWatch), or its send stalls the sync loop for 5 s.
+            _ => joins.join_then_wait(&room_id, STAFF_JOIN_SYNC_LIMIT, client.join_room_by_id(&room_id)).await,
         };
         match joined {
             Ok(room) => {
@@ -414,4 +496,56 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             let _ = ctx.tx.send(Inbound::Member { room, user: ev.state_key, change }).await;
         }
     });
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use matrix_sdk::ruma::room_id;
+
+    #[tokio::test]
+    async fn join_watch_wakes_on_the_sync_that_brings_the_room() {
+        let watch = Arc::new(JoinWatch::default());
+        let room = room_id!("!a:example.org");
+        let other = room_id!("!b:example.org").to_owned();
+        let w = watch.clone();
+        // The "sync" runs while the join is in flight: an unrelated room first.
+        let join = async move {
+            w.synced([other].iter());
+            Ok::<_, ()>(7)
+        };
+        let w = watch.clone();
+        let waiter =
+            tokio::spawn(
+                async move { w.join_then_wait(room, Duration::from_secs(600), join).await },
+            );
+        // Until the room itself comes in a sync, the waiter keeps waiting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        watch.synced([room.to_owned()].iter());
+        let out = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(out, Ok(7));
+        assert!(watch.lock().is_empty(), "nothing left registered");
+    }
+
+    #[tokio::test]
+    async fn join_watch_gives_up_after_the_limit_and_skips_failed_joins() {
+        let watch = JoinWatch::default();
+        let room = room_id!("!a:example.org");
+        let out = watch
+            .join_then_wait(room, Duration::from_millis(20), async { Ok::<_, ()>(()) })
+            .await;
+        assert_eq!(out, Ok(()));
+        assert!(watch.lock().is_empty());
+        // A failed join returns at once, whatever the limit.
+        let failed =
+            watch.join_then_wait(room, Duration::from_secs(600), async { Err::<(), _>("no") });
+        let out = tokio::time::timeout(Duration::from_secs(5), failed)
+            .await
+            .expect("no wait after a failed join");
+        assert_eq!(out, Err("no"));
+        assert!(watch.lock().is_empty());
+    }
 }

@@ -153,6 +153,10 @@ const BACKFILL_CONCURRENCY: usize = 16;
 
 /// How often cases past the retention limit are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How long a new room's first message waits for the sync that brings the
+/// join. Longer only when the homeserver is slow or away; then the SDK's
+/// own waits take over.
+const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 
 /// Unix seconds now.
 fn now() -> i64 {
@@ -212,6 +216,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// `staff.room_name`; empty leaves room names alone.
     room_name: String,
+    /// Tells `prepare` when a joined room has been through a whole sync.
+    joins: Arc<super::JoinWatch>,
 }
 
 impl Worker {
@@ -224,6 +230,7 @@ impl Worker {
         client: Client,
         staff_room_id: OwnedRoomId,
         metrics: Arc<Metrics>,
+        joins: Arc<super::JoinWatch>,
     ) -> Result<Worker> {
         let settings = Settings::from_config(&config);
         let policy = Policy {
@@ -284,6 +291,7 @@ impl Worker {
             prepared_rx: Some(prepared_rx),
             metrics,
             room_name: config.staff.room_name.clone(),
+            joins,
         })
     }
 
@@ -374,8 +382,9 @@ impl Worker {
                 let require = self.require_encryption;
                 let counsellors = self.counsellors.clone();
                 let settings = self.desk.settings.clone();
+                let joins = self.joins.clone();
                 tokio::spawn(async move {
-                    let verdict = prepare(&room, require, &counsellors, &settings).await;
+                    let verdict = prepare(&room, require, &counsellors, &settings, &joins).await;
                     let _ = tx.send((room, verdict)).await;
                 });
             }
@@ -687,22 +696,37 @@ impl Worker {
 /// Joins a visitor's room and checks it is fit for an intake: encrypted (or
 /// encryptable) and one-to-one. Explains and leaves a group room; an
 /// unencrypted one is left to the worker, which records it first.
-async fn prepare(room: &Room, require_encryption: bool, counsellors: &[OwnedUserId], settings: &Settings) -> Verdict {
-    let mut delay = Duration::from_millis(500);
-    let mut tries = 0;
-    while let Err(e) = room.join().await {
-        tries += 1;
-        if tries >= 8 {
-            warn!(error = %scrub_err(&e), "could not join a visitor's room");
-            return Verdict::Failed;
+async fn prepare(
+    room: &Room,
+    require_encryption: bool,
+    counsellors: &[OwnedUserId],
+    settings: &Settings,
+    joins: &super::JoinWatch,
+) -> Verdict {
+    let join = async {
+        let mut delay = Duration::from_millis(500);
+        let mut tries = 0;
+        loop {
+            match room.join().await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries + 1 >= 8 => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
         }
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+    };
+    // No message goes into the room before the sync that brings the join
+    // (and the key query for its members) is through: see JoinWatch.
+    if let Err(e) = joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
+        warn!(error = %scrub_err(&e), "could not join a visitor's room");
+        return Verdict::Failed;
     }
     let lang = settings.staff_language().to_owned();
     let visitors = visitors_in(room, counsellors).await;
     let encrypted = matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted));
-    super::refresh_member_keys(&room.client(), room).await;
     if visitors > 1 {
         let text = settings.say(&lang, TextKey::GroupRoom, &[]);
         let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
