@@ -240,14 +240,26 @@ async fn run(args: Args) {
     for (name, a, e) in [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)] {
         report.push_str(&format!("| {name} | {} | {} | {} |\n", ms(a), ms(e), ratio(a, e)));
     }
-    for (name, samples) in [
-        ("open chat -> first question", &b.greetings),
-        ("last answer -> counsellor invite", &b.invites),
-    ] {
-        let mut v = samples.clone();
-        let (a, c, d) = (pct(&mut v, 0.5), pct(&mut v, 0.95), pct(&mut v, 0.99));
-        report.push_str(&format!("| {name} p50 / p95 / p99 (ms) | {} / {} / {} | | |\n", ms(a), ms(c), ms(d)));
-    }
+    let three = |samples: &[Duration]| {
+        if samples.is_empty() {
+            return String::new();
+        }
+        let mut v = samples.to_vec();
+        format!("{} / {} / {}", ms(pct(&mut v, 0.5)), ms(pct(&mut v, 0.95)), ms(pct(&mut v, 0.99)))
+    };
+    let echo_greetings = echo.as_ref().map(|e| e.greetings.clone()).unwrap_or_default();
+    let greet_ratio = if echo_greetings.is_empty() {
+        String::new()
+    } else {
+        ratio(pct(&mut b.greetings.clone(), 0.5), pct(&mut echo_greetings.clone(), 0.5)) + " (p50)"
+    };
+    report.push_str(&format!(
+        "| open chat -> first question (echo: first reply) p50 / p95 / p99 (ms) | {} | {} | {} |\n",
+        three(&b.greetings),
+        three(&echo_greetings),
+        greet_ratio
+    ));
+    report.push_str(&format!("| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} | | |\n", three(&b.invites)));
     report.push_str(&format!(
         "| cases completed / lost / stuck | {} / {} / {} | {} | |\n",
         b.completed,
@@ -410,6 +422,7 @@ async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
         .spawn()
         .expect("starting the echo bot");
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let greetings: Arc<Mutex<Vec<Duration>>> = Default::default();
     let t0 = Instant::now();
     let tasks: Vec<_> = vs
         .iter()
@@ -418,10 +431,13 @@ async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
             let v = v.clone();
             let user = user.clone();
             let delay = Duration::from_secs_f64(ramp_secs * i as f64 / vs.len() as f64);
+            let greet = greetings.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
+                let t = Instant::now();
                 let room = v.try_open_dm(&user).await.map_err(|_| Outcome::NoRoom)?;
-                wait_text(&v, &room, "echo ready").await.ok_or(Outcome::Lost)?;
+                let at = wait_text(&v, &room, "echo ready").await.ok_or(Outcome::Lost)?;
+                greet.lock().unwrap().push(at.saturating_duration_since(t));
                 let mut turns = Vec::new();
                 for (i, a) in ANSWERS.iter().enumerate() {
                     let t = Instant::now();
@@ -436,6 +452,7 @@ async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
         .collect();
     let mut run = Run::collect(tasks).await;
     run.wall = t0.elapsed();
+    run.greetings = greetings.lock().unwrap().clone();
     let _ = child.kill();
     let _ = child.wait();
     run
