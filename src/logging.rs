@@ -53,9 +53,64 @@ pub fn init(format: LogFormat) {
 }
 
 /// Replaces anything that looks like a Matrix id (`@user:server`,
-/// `!room`, `#alias`, `$event`) with `<id>`. Every log line passes through
-/// it, the SDK's included, so an id quoted in an error never reaches a log.
+/// `!room`, `#alias`, `$event`) with `<id>`, and device ids and key-shaped
+/// values with `<device>` and `<key>` (see [`scrub_devices_and_keys`]).
+/// Every log line passes through it, the SDK's included, so an id quoted in
+/// an error never reaches a log.
 pub fn scrub(s: &str) -> String {
+    scrub_devices_and_keys(&scrub_ids(s))
+}
+
+/// Field names whose value is a device id, as the SDK writes them.
+const DEVICE_FIELDS: [&str; 4] = ["device_id", "sender_device", "device", "DeviceId"];
+
+/// The SDK's warnings can name a device (`device_id=ABCDEFGHIJ`) and its
+/// keys (`curve25519_key="curve25519:...")`, megolm session ids): stable
+/// handles on a visitor's phone across chats. A device id is hidden where
+/// a field names it; any 43-character unpadded base64 token (the shape of
+/// curve25519 and ed25519 keys and of session ids) is hidden wherever it is.
+pub fn scrub_devices_and_keys(s: &str) -> String {
+    let is_delim = |c: char| c.is_whitespace() || "\"'=:,;(){}[]<>".contains(c);
+    let mut out = String::with_capacity(s.len());
+    // Whether the last word named a device field, and whether a `=`, `:`
+    // or `(` has come after it (quotes and spaces may follow).
+    let mut field = false;
+    let mut separated = false;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let end = rest.find(is_delim).unwrap_or(rest.len());
+        if end == 0 {
+            let c = rest.chars().next().unwrap_or(' ');
+            match c {
+                '=' | ':' | '(' => separated = true,
+                '"' | '\'' | ' ' => {}
+                _ => field = false,
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            continue;
+        }
+        let token = &rest[..end];
+        rest = &rest[end..];
+        let base64_key = token.len() == 43 && token.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/');
+        if base64_key {
+            out.push_str("<key>");
+        } else if field && separated && token == "Some" {
+            // `device: Some(DeviceId("..."))`: the value is still to come.
+            out.push_str(token);
+            continue;
+        } else if field && separated && token != "<id>" {
+            out.push_str("<device>");
+        } else {
+            out.push_str(token);
+        }
+        field = DEVICE_FIELDS.contains(&token);
+        separated = false;
+    }
+    out
+}
+
+fn scrub_ids(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars().peekable();
     let mut boundary = true;
@@ -129,6 +184,27 @@ mod tests {
         assert_eq!(scrub("user_id=\"@intake:localhost\" device"), "user_id=\"<id>\" device");
         assert_eq!(scrub("a@b or 5! times"), "a@b or 5! times");
         assert_eq!(scrub("2026-11-29T23:34:31Z  INFO intake_bot: ok"), "2026-11-29T23:34:31Z  INFO intake_bot: ok");
+    }
+
+    #[test]
+    fn scrub_hides_devices_and_keys() {
+        // A line the SDK writes at warn (seen in a real run).
+        let line = "WARN matrix_sdk_crypto::identities::manager: Our own device might have been deleted \
+                    user_id=\"@intake:localhost\" device_id=\"ZBSEUBMXYJ\" \
+                    curve25519_key=\"curve25519:loi0WmHegVxD860BNOyTq1sR3y+Aa/9CCmXl0kgZZHQ\"";
+        let got = scrub(line);
+        assert_eq!(
+            got,
+            "WARN matrix_sdk_crypto::identities::manager: Our own device might have been deleted \
+             user_id=\"<id>\" device_id=\"<device>\" curve25519_key=\"curve25519:<key>\""
+        );
+        assert_eq!(scrub("sender_device=ABCDEFGHIJ session_id=\"0123456789abcdefghijABCDEFGHIJ0123456789abc\""),
+            "sender_device=<device> session_id=\"<key>\"");
+        assert_eq!(scrub("device: Some(DeviceId(\"QWERTYUIOP\"))"), "device: Some(<device>(\"<device>\"))");
+        assert_eq!(scrub("DeviceId(\"QWERTYUIOP\")"), "DeviceId(\"<device>\")");
+        // Ordinary words stay, also after a device field was closed.
+        assert_eq!(scrub("device_id=X, then the room key was shared"), "device_id=<device>, then the room key was shared");
+        assert_eq!(scrub("no device was found"), "no device was found");
     }
 
     #[test]

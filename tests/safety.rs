@@ -97,9 +97,12 @@ prompt = { en = "Tell us what happened, in a few words." }
 
     let visitor_id = v.user_id.to_string();
     let localpart = v.user_id.localpart().to_owned();
+    let device = v.client.device_id().expect("visitor's device").to_string();
+    let device_key = v.client.encryption().curve25519_key().await.expect("visitor's identity key").to_base64();
     let canaries: Vec<(&str, String)> = vec![
         ("visitor user id", visitor_id),
         ("visitor localpart", localpart),
+        ("visitor's device id", device),
         ("visitor display name", display),
         ("room id", room.to_string()),
         ("room id without sigil", room.as_str()[1..].to_owned()),
@@ -123,6 +126,15 @@ prompt = { en = "Tell us what happened, in a few words." }
         }
         assert!(!log.contains(value.as_str()), "{what} found in the log");
     }
+    // The visitor's device key (public) is kept in clear by matrix-sdk's
+    // SQLite crypto store alone (its table of Olm message hashes, against
+    // replays; README, Privacy). Nowhere else, and never in the log.
+    for (path, bytes) in &files {
+        if contains_bytes(bytes, device_key.as_bytes()) {
+            assert!(path.ends_with("matrix/matrix-sdk-crypto.sqlite3"), "visitor's device key found in {}", path.display());
+        }
+    }
+    assert!(!log.contains(device_key.as_str()), "visitor's device key found in the log");
     // The outputs for coordinators hold nothing beyond the record either.
     for args in [&["export"][..], &["export", "--format", "csv"], &["stats"], &["stats", "--json"]] {
         let out = String::from_utf8(s.bot.cli(args).stdout).unwrap();
