@@ -6,6 +6,7 @@
 //! logs a room id, a visitor's user id or message text; SDK errors pass
 //! through [`scrub`] before they are logged, since they can quote ids.
 
+pub mod late_keys;
 pub mod purge;
 pub mod worker;
 
@@ -26,6 +27,7 @@ use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
 };
 use matrix_sdk::ruma::events::sticker::OriginalSyncStickerEvent;
+use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room, RoomState};
 use tokio::sync::{mpsc, oneshot};
@@ -120,6 +122,10 @@ impl JoinWatch {
     }
 }
 
+/// How long a message may wait for its room key before the sender is asked
+/// to send it again.
+const LATE_KEY_GRACE: Duration = Duration::from_secs(20);
+
 /// How long the staff room's first notice waits for the sync that brings
 /// the bot's join.
 const STAFF_JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
@@ -129,6 +135,8 @@ const STAFF_JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 struct Ctx {
     tx: mpsc::Sender<Inbound>,
     staff_room: OwnedRoomId,
+    /// Where messages whose key has not come yet wait for it.
+    late: mpsc::UnboundedSender<late_keys::Parked>,
 }
 
 /// Builds the client on the encrypted store and logs in or restores the
@@ -216,7 +224,8 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         None => None,
     };
     let (tx, rx) = mpsc::channel::<Inbound>(1024);
-    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone() });
+    let late = late_keys::spawn(tx.clone(), LATE_KEY_GRACE);
+    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone(), late });
 
     // Invites first, so none is missed by the first sync.
     {
@@ -475,10 +484,17 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
         async move { forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await }
     });
     let c = ctx.clone();
-    // Only events that stayed encrypted reach this handler.
-    client.add_event_handler(move |ev: OriginalSyncRoomEncryptedEvent, client: Client, room: Room| {
+    // Only events that stayed encrypted reach this handler: most often their
+    // key is on its way (see late_keys).
+    client.add_event_handler(move |raw: Raw<OriginalSyncRoomEncryptedEvent>, client: Client, room: Room| {
         let ctx = c.clone();
-        async move { forward(&ctx, &client, room, ev.sender, Body::Undecryptable, ev.event_id).await }
+        async move {
+            let Ok(ev) = raw.deserialize() else { return };
+            if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
+                return;
+            }
+            let _ = ctx.late.send(late_keys::Parked { room, event: raw, event_id: ev.event_id, sender: ev.sender });
+        }
     });
     let c = ctx;
     client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, client: Client, room: Room| {
