@@ -223,6 +223,7 @@ async fn run(args: Args) {
 
     // The baseline: same visitors, same number of turns, an echo bot.
     let echo = if args.baseline { Some(echo_run(&vs, args.ramp_secs).await) } else { None };
+    let (syn_cpu2, _) = proc_usage(syn_pid);
 
     let mut b = bot;
     let (p50, p95, p99) = (pct(&mut b.turns, 0.5), pct(&mut b.turns, 0.95), pct(&mut b.turns, 0.99));
@@ -276,7 +277,12 @@ async fn run(args: Args) {
         echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()));
     report.push_str(&format!("| bot peak RSS (MB) | {bot_hwm:.0} | | |\n"));
     report.push_str(&format!("| bot CPU seconds | {:.1} | | |\n", bot_cpu1 - bot_cpu0));
-    report.push_str(&format!("| Synapse CPU seconds | {:.1} | | |\n", syn_cpu1 - syn_cpu0));
+    // The echo half has no counsellors: less work for the homeserver.
+    report.push_str(&format!(
+        "| Synapse CPU seconds | {:.1} | {} | |\n",
+        syn_cpu1 - syn_cpu0,
+        if echo.is_some() { format!("{:.1}", syn_cpu2 - syn_cpu1) } else { String::new() }
+    ));
     report.push_str(&format!("| turns measured | {} | {} | |\n", b.turns.len(), echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)));
     report.push_str(&format!(
         "| per turn number, p50/max (ms) | {} | {} | |\n",
