@@ -84,23 +84,25 @@ pub struct JoinWatch {
 
 impl JoinWatch {
     /// Runs `join`; when it succeeds, waits (at most `limit`) until a sync
-    /// iteration that includes `room` as joined has finished. Registering
-    /// before joining means the iteration that brings the join is caught
-    /// however fast it comes.
+    /// iteration that includes `room` as joined has finished, and says
+    /// whether one did (then the client knows the room's state and members
+    /// without asking the homeserver). Registering before joining means the
+    /// iteration that brings the join is caught however fast it comes.
     pub async fn join_then_wait<T, E>(
         &self,
         room: &RoomId,
         limit: Duration,
         join: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
+    ) -> Result<(T, bool), E> {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(room.to_owned(), tx);
         let out = join.await;
-        if out.is_ok() && tokio::time::timeout(limit, rx).await.is_err() {
+        let synced = out.is_ok() && tokio::time::timeout(limit, rx).await.is_ok_and(|r| r.is_ok());
+        if out.is_ok() && !synced {
             debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
         }
         self.lock().remove(room);
-        out
+        out.map(|t| (t, synced))
     }
 
     /// Called by the sync loop after each whole iteration.
@@ -391,7 +393,10 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
             Some(r) if r.state() == RoomState::Joined => Ok(r),
             // A fresh join: the online notice waits for the sync that brings
             // it (see JoinWatch), or its send stalls the sync loop for 5 s.
-            _ => joins.join_then_wait(&room_id, STAFF_JOIN_SYNC_LIMIT, client.join_room_by_id(&room_id)).await,
+            _ => joins
+                .join_then_wait(&room_id, STAFF_JOIN_SYNC_LIMIT, client.join_room_by_id(&room_id))
+                .await
+                .map(|(room, _)| room),
         };
         match joined {
             Ok(room) => {
@@ -542,7 +547,7 @@ mod tests {
             .await
             .expect("woken")
             .unwrap();
-        assert_eq!(out, Ok(7));
+        assert_eq!(out, Ok((7, true)));
         assert!(watch.lock().is_empty(), "nothing left registered");
     }
 
@@ -553,7 +558,7 @@ mod tests {
         let out = watch
             .join_then_wait(room, Duration::from_millis(20), async { Ok::<_, ()>(()) })
             .await;
-        assert_eq!(out, Ok(()));
+        assert_eq!(out, Ok(((), false)), "no sync came: said so");
         assert!(watch.lock().is_empty());
         // A failed join returns at once, whatever the limit.
         let failed =

@@ -720,13 +720,23 @@ async fn prepare(
     };
     // No message goes into the room before the sync that brings the join
     // (and the key query for its members) is through: see JoinWatch.
-    if let Err(e) = joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
-        warn!(error = %scrub_err(&e), "could not join a visitor's room");
-        return Verdict::Failed;
-    }
+    let synced = match joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
+        Ok(((), synced)) => synced,
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not join a visitor's room");
+            return Verdict::Failed;
+        }
+    };
     let lang = settings.staff_language().to_owned();
-    let visitors = visitors_in(room, counsellors).await;
-    let encrypted = matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted));
+    // After that sync the client holds the room's whole state (members are
+    // not lazy-loaded): two requests per new chat fewer for a busy
+    // homeserver. Without it, ask.
+    let (visitors, encrypted) = if synced {
+        (count_visitors(&room.members_no_sync(RoomMemberships::JOIN | RoomMemberships::INVITE).await, room, counsellors),
+         matches!(room.encryption_state(), EncryptionState::Encrypted))
+    } else {
+        (visitors_in(room, counsellors).await, matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted)))
+    };
     if visitors > 1 {
         let text = settings.say(&lang, TextKey::GroupRoom, &[]);
         let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
@@ -749,11 +759,17 @@ async fn prepare(
 /// How many members (joined or invited) are neither the bot nor a
 /// configured counsellor.
 async fn visitors_in(room: &Room, counsellors: &[OwnedUserId]) -> usize {
-    let me = room.own_user_id().to_owned();
-    match room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await {
+    count_visitors(&room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await, room, counsellors)
+}
+
+/// Counts the members who are neither the bot nor a counsellor; a failed
+/// read counts as one visitor (the room is not taken for a group).
+fn count_visitors(members: &matrix_sdk::Result<Vec<matrix_sdk::room::RoomMember>>, room: &Room, counsellors: &[OwnedUserId]) -> usize {
+    let me = room.own_user_id();
+    match members {
         Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
         Err(e) => {
-            warn!(error = %scrub_err(&e), "could not read a room's members");
+            warn!(error = %scrub_err(e), "could not read a room's members");
             1
         }
     }
