@@ -400,7 +400,6 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
         };
         match joined {
             Ok(room) => {
-                refresh_member_keys(&client, &room).await;
                 let _ = tx.send(Inbound::StaffReady(room)).await;
                 return;
             }
@@ -416,24 +415,8 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
     }
 }
 
-/// Fetches the device keys of a room's members now. Without it, the first
-/// encrypted send to a newly met user waits up to 5 s for a key query that
-/// only the next sync iteration would send, and may miss their devices.
-pub async fn refresh_member_keys(client: &Client, room: &Room) {
-    let me = client.user_id().map(ToOwned::to_owned);
-    let members = match room.members(matrix_sdk::RoomMemberships::ACTIVE).await {
-        Ok(m) => m,
-        Err(e) => {
-            debug!(error = %scrub_err(&e), "could not list members for a key query");
-            return;
-        }
-    };
-    for m in members.iter().filter(|m| Some(m.user_id()) != me.as_deref()) {
-        refresh_user_keys(client, m.user_id()).await;
-    }
-}
-
-/// Fetches one user's device keys now (see [`refresh_member_keys`]).
+/// Fetches one user's device keys now, outside the SDK's tracked queries
+/// (so it never clears their "pending" state; see [`JoinWatch`]).
 pub async fn refresh_user_keys(client: &Client, user: &matrix_sdk::ruma::UserId) {
     if let Err(e) = client.encryption().request_user_identity(user).await {
         debug!(error = %scrub_err(&e), "key query failed; the SDK will retry on the next sync");
