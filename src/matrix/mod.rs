@@ -6,6 +6,7 @@
 //! logs a room id, a visitor's user id or message text; SDK errors pass
 //! through [`scrub`] before they are logged, since they can quote ids.
 
+pub mod gate;
 pub mod late_keys;
 pub mod purge;
 pub mod worker;
@@ -139,6 +140,8 @@ struct Ctx {
     staff_room: OwnedRoomId,
     /// Where messages whose key has not come yet wait for it.
     late: mpsc::UnboundedSender<late_keys::Parked>,
+    /// Closed by every handler until the sync loop finishes the response.
+    gate: Arc<gate::SendGate>,
 }
 
 /// Builds the client on the encrypted store and logs in or restores the
@@ -227,14 +230,18 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     };
     let (tx, rx) = mpsc::channel::<Inbound>(1024);
     let late = late_keys::spawn(tx.clone(), LATE_KEY_GRACE);
-    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone(), late });
+    let gate = Arc::new(gate::SendGate::default());
+    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone(), late, gate: gate.clone() });
 
     // Invites first, so none is missed by the first sync.
     {
         let ctx = ctx.clone();
         client.add_event_handler(move |ev: StrippedRoomMemberEvent, client: Client, room: Room| {
             let ctx = ctx.clone();
-            async move { on_invite(ev, client, room, &ctx).await }
+            async move {
+                ctx.gate.handling();
+                on_invite(ev, client, room, &ctx).await
+            }
         });
     }
     let mut settings = sync_settings();
@@ -242,6 +249,8 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         // First start: skip the account's history, but upload device keys.
         let resp = sync_with_retry(&client, settings.clone()).await?;
         settings = settings.token(resp);
+        // The invite handler may have run in it.
+        gate.iteration_done();
     }
     register_handlers(&client, ctx.clone());
 
@@ -254,6 +263,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         staff_room.clone(),
         metrics.clone(),
         joins.clone(),
+        gate.clone(),
     )?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listener {
@@ -263,7 +273,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         }));
     }
     let worker_task = tokio::spawn(worker.run(rx, stop_rx));
-    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics, joins.clone()));
+    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics, joins.clone(), gate));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
     tokio::spawn(apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
@@ -311,11 +321,14 @@ async fn sync_loop(
     mut settings: SyncSettings,
     metrics: Arc<crate::metrics::Metrics>,
     joins: Arc<JoinWatch>,
+    gate: Arc<gate::SendGate>,
 ) {
     let mut delay = Duration::from_secs(1);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        match client.sync_once(settings.clone()).await {
+        let out = client.sync_once(settings.clone()).await;
+        gate.iteration_done();
+        match out {
             Ok(r) => {
                 joins.synced(r.rooms.joined.keys());
                 settings = settings.token(r.next_batch);
@@ -462,6 +475,7 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
+            ctx.gate.handling();
             let Some(body) = message_body(ev.content) else { return };
             forward(&ctx, &client, room, ev.sender, body, ev.event_id).await
         }
@@ -469,7 +483,10 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     let c = ctx.clone();
     client.add_event_handler(move |ev: OriginalSyncStickerEvent, client: Client, room: Room| {
         let ctx = c.clone();
-        async move { forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await }
+        async move {
+            ctx.gate.handling();
+            forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await
+        }
     });
     let c = ctx.clone();
     // Only events that stayed encrypted reach this handler: most often their
@@ -477,6 +494,7 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |raw: Raw<OriginalSyncRoomEncryptedEvent>, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
+            ctx.gate.handling();
             let Ok(ev) = raw.deserialize() else { return };
             if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
                 return;
@@ -488,6 +506,9 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
+            // Before the own-membership check: the bot's own join is what
+            // marks its account "devices changed" (see gate).
+            ctx.gate.handling();
             if Some(ev.state_key.as_ref()) == client.user_id() {
                 return;
             }

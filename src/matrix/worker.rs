@@ -20,6 +20,7 @@ use rand::RngCore;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, instrument, warn};
 
+use super::gate::SendGate;
 use super::{Body, Inbound, MemberChange, scrub_err};
 use crate::config::{Config, Secrets};
 
@@ -31,6 +32,9 @@ use crate::intake::text::TextKey;
 use crate::outcome::OutcomeRecord;
 use crate::routing::Policy;
 use crate::store::{RoomKeyer, Store};
+
+/// Longest a message waits at the send gate (see [`SendGate`]).
+const GATE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Most events handled between two store flushes.
 const BATCH: usize = 64;
@@ -59,14 +63,21 @@ enum Job {
 
 /// Starts a room's sender: jobs run one after another, so a room's
 /// messages keep their order, while rooms proceed side by side.
-fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandle<()>>) -> mpsc::UnboundedSender<Job> {
+fn spawn_sender(
+    room: Room,
+    case: String,
+    gate: Arc<SendGate>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tasks.retain(|t| !t.is_finished());
     tasks.push(tokio::spawn(async move {
         while let Some(job) = rx.recv().await {
             match job {
-                Job::Say(text) => send(&room, &case, RoomMessageEventContent::notice_plain(text)).await,
-                Job::Html(plain, html) => send(&room, &case, RoomMessageEventContent::notice_html(plain, html)).await,
+                Job::Say(text) => send(&room, &case, &gate, RoomMessageEventContent::notice_plain(text)).await,
+                Job::Html(plain, html) => {
+                    send(&room, &case, &gate, RoomMessageEventContent::notice_html(plain, html)).await
+                }
                 Job::Invite(uid, name) => {
                     if let Some(name) = name {
                         name_room(&room, name, &case).await;
@@ -104,7 +115,11 @@ fn spawn_sender(room: Room, case: String, tasks: &mut Vec<tokio::task::JoinHandl
 
 /// Sends one message; its time is logged at trace (debug when slow), so
 /// an operator can tell the bot's delays from the homeserver's.
-async fn send(room: &Room, case: &str, content: RoomMessageEventContent) {
+async fn send(room: &Room, case: &str, gate: &SendGate, content: RoomMessageEventContent) {
+    let waited = gate.wait_open(GATE_LIMIT).await;
+    if waited >= Duration::from_secs(1) {
+        debug!(case = %case, ms = waited.as_millis() as u64, "message held while the sync loop finished a response");
+    }
     let t = std::time::Instant::now();
     match room.send(content).await {
         Ok(_) => {
@@ -218,6 +233,8 @@ pub struct Worker {
     room_name: String,
     /// Tells `prepare` when a joined room has been through a whole sync.
     joins: Arc<super::JoinWatch>,
+    /// Holds messages while the sync loop handles a response.
+    gate: Arc<SendGate>,
 }
 
 impl Worker {
@@ -231,6 +248,7 @@ impl Worker {
         staff_room_id: OwnedRoomId,
         metrics: Arc<Metrics>,
         joins: Arc<super::JoinWatch>,
+        gate: Arc<SendGate>,
     ) -> Result<Worker> {
         let settings = Settings::from_config(&config);
         let policy = Policy {
@@ -292,6 +310,7 @@ impl Worker {
             metrics,
             room_name: config.staff.room_name.clone(),
             joins,
+            gate,
         })
     }
 
@@ -363,7 +382,7 @@ impl Worker {
         match msg {
             Inbound::StaffReady(room) => {
                 let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
-                let q = spawn_sender(room, "staff".into(), &mut self.senders);
+                let q = spawn_sender(room, "staff".into(), self.gate.clone(), &mut self.senders);
                 let _ = q.send(staff_notice(online));
                 for job in std::mem::take(&mut self.pending_staff) {
                     let _ = q.send(job);
@@ -475,7 +494,7 @@ impl Worker {
                 let rec = self.desk.refuse_unencrypted(now(), case_id.clone());
                 self.record(&rec).await;
                 let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
-                let q = spawn_sender(room, case_id.clone(), &mut self.senders);
+                let q = spawn_sender(room, case_id.clone(), self.gate.clone(), &mut self.senders);
                 let _ = q.send(Job::Say(text));
                 let _ = q.send(Job::Leave { case_id, purger: None });
             }
@@ -656,7 +675,8 @@ impl Worker {
                         continue;
                     };
                     let senders = &mut self.senders;
-                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, senders));
+                    let gate = self.gate.clone();
+                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, gate, senders));
                     let _ = q.send(job);
                     if leaving {
                         self.outbox.remove(&key);
