@@ -81,9 +81,16 @@ pub enum MemberChange {
 #[derive(Debug, Default)]
 pub struct JoinWatch {
     waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
+    /// Told of each join between its success and its sync (see [`gate`]).
+    gate: Arc<gate::SendGate>,
 }
 
 impl JoinWatch {
+    /// A watch that tells `gate` of the joins it sees through.
+    pub fn new(gate: Arc<gate::SendGate>) -> JoinWatch {
+        JoinWatch { waiting: Default::default(), gate }
+    }
+
     /// Runs `join`; when it succeeds, waits (at most `limit`) until a sync
     /// iteration that includes `room` as joined has finished, and says
     /// whether one did (then the client knows the room's state and members
@@ -98,7 +105,11 @@ impl JoinWatch {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(room.to_owned(), tx);
         let out = join.await;
+        if out.is_ok() {
+            self.gate.joined(room);
+        }
         let synced = out.is_ok() && tokio::time::timeout(limit, rx).await.is_ok_and(|r| r.is_ok());
+        self.gate.join_settled(room);
         if out.is_ok() && !synced {
             debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
         }
@@ -254,7 +265,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     }
     register_handlers(&client, ctx.clone());
 
-    let joins = Arc::new(JoinWatch::default());
+    let joins = Arc::new(JoinWatch::new(gate.clone()));
     let worker = worker::Worker::new(
         config.clone(),
         &secrets,
