@@ -36,6 +36,8 @@ use tokio::sync::watch;
 struct State {
     /// A sync response is being handled.
     handling: bool,
+    /// When the first handler of the iteration in progress ran.
+    handling_since: Option<std::time::Instant>,
     /// Sync iterations finished so far.
     iterations: u64,
     /// Rooms joined whose sync has not finished yet.
@@ -58,16 +60,27 @@ impl Default for SendGate {
 impl SendGate {
     /// Called by every event handler: the sync loop is inside a response.
     pub fn handling(&self) {
-        self.state.send_if_modified(|s| !std::mem::replace(&mut s.handling, true));
+        self.state.send_if_modified(|s| {
+            if s.handling {
+                return false;
+            }
+            s.handling = true;
+            s.handling_since = Some(std::time::Instant::now());
+            true
+        });
     }
 
     /// Called by the sync loop whenever `sync_once` has returned, with a
-    /// response or an error.
-    pub fn iteration_done(&self) {
+    /// response or an error. Returns how long messages were held by this
+    /// iteration's handling (from its first handler), if they were.
+    pub fn iteration_done(&self) -> Option<Duration> {
+        let mut held = None;
         self.state.send_modify(|s| {
             s.handling = false;
+            held = s.handling_since.take().map(|t| t.elapsed());
             s.iterations += 1;
         });
+        held
     }
 
     /// A join request for `room` has succeeded; its sync is to come.
@@ -135,8 +148,8 @@ mod tests {
     async fn open_gate_lets_a_message_through_at_once() {
         let gate = SendGate::default();
         assert!(is_open_now(&gate));
-        // An iteration without handlers leaves it open too.
-        gate.iteration_done();
+        // An iteration without handlers leaves it open too, and held nothing.
+        assert_eq!(gate.iteration_done(), None);
         assert!(is_open_now(&gate));
     }
 
@@ -145,7 +158,11 @@ mod tests {
         let gate = Arc::new(SendGate::default());
         gate.handling();
         gate.handling(); // several handlers in one iteration
-        let waited = held_until(&gate, || gate.iteration_done()).await;
+        let waited = held_until(&gate, || {
+            let held = gate.iteration_done().expect("the iteration held messages");
+            assert!(held >= HOLD, "held {held:?}");
+        })
+        .await;
         assert!(waited >= HOLD && waited < LIMIT, "waited {waited:?}");
         assert!(is_open_now(&gate));
     }

@@ -78,6 +78,8 @@ pub enum MemberChange {
 /// every visitor's next message waits with it (seen in the load benchmark:
 /// 20 new chats at once stalled every first answer by ~10 s). Waiting for
 /// the iteration that brings the join to finish costs one sync round trip.
+/// (Messages into the bot's other rooms are kept out of that window by the
+/// send gate, which this watch tells of each join: see [`gate`].)
 #[derive(Debug, Default)]
 pub struct JoinWatch {
     waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
@@ -261,7 +263,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         let resp = sync_with_retry(&client, settings.clone()).await?;
         settings = settings.token(resp);
         // The invite handler may have run in it.
-        gate.iteration_done();
+        let _ = gate.iteration_done();
     }
     register_handlers(&client, ctx.clone());
 
@@ -338,7 +340,11 @@ async fn sync_loop(
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
         let out = client.sync_once(settings.clone()).await;
-        gate.iteration_done();
+        if let Some(held) = gate.iteration_done().filter(|h| *h >= Duration::from_secs(2)) {
+            // The tail of sync_once is the SDK's own encryption requests
+            // (key queries and claims, room keys): slow when the homeserver is.
+            debug!(ms = held.as_millis() as u64, "slow sync iteration: messages held from its first event to its end");
+        }
         match out {
             Ok(r) => {
                 joins.synced(r.rooms.joined.keys());
