@@ -40,7 +40,7 @@ const GATE_LIMIT: Duration = Duration::from_secs(10);
 const BATCH: usize = 64;
 
 /// Where a visible job goes.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 enum Target {
     Staff,
     Case(String),
@@ -61,6 +61,72 @@ enum Job {
     Leave { case_id: String, purger: Option<super::purge::Purger> },
 }
 
+/// Longest text that consecutive messages are merged into.
+const MERGE_LIMIT: usize = 8000;
+
+impl Job {
+    /// Takes `next` into this job when both are messages of the same kind
+    /// for the same room, one after the other: they go out as one message,
+    /// parts separated by a blank line. One notification instead of two on
+    /// a phone that may be watched, and one encrypted send fewer for a busy
+    /// homeserver (the greeting and the first question, "finding a
+    /// counsellor" and what follows it, staff notices queued behind a slow
+    /// send). A text that merely repeats the one before it (two re-asks
+    /// for two quick odd messages) is said once. Gives `next` back when it
+    /// cannot be merged.
+    fn absorb(&mut self, next: Job) -> Result<(), Job> {
+        match (self, next) {
+            (Job::Say(a), Job::Say(b)) if repeats(a, &b) => Ok(()),
+            (Job::Html(ap, _), Job::Html(bp, _)) if repeats(ap, &bp) => Ok(()),
+            (Job::Say(a), Job::Say(b)) if a.len() + b.len() <= MERGE_LIMIT => {
+                a.push_str("\n\n");
+                a.push_str(&b);
+                Ok(())
+            }
+            (Job::Html(ap, ah), Job::Html(bp, bh)) if ap.len() + bp.len() <= MERGE_LIMIT => {
+                ap.push_str("\n\n");
+                ap.push_str(&bp);
+                ah.push_str("<br><br>");
+                ah.push_str(&bh);
+                Ok(())
+            }
+            (_, next) => Err(next),
+        }
+    }
+
+    /// The message this job sends, if it is one.
+    fn content(self) -> Option<RoomMessageEventContent> {
+        match self {
+            Job::Say(text) => Some(RoomMessageEventContent::notice_plain(text)),
+            Job::Html(plain, html) => Some(RoomMessageEventContent::notice_html(plain, html)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `next` is the same as the last part merged into `text`.
+fn repeats(text: &str, next: &str) -> bool {
+    text.strip_suffix(next).is_some_and(|head| head.is_empty() || head.ends_with("\n\n"))
+}
+
+/// Merges each message into the previous job for the same room when that
+/// job is a message of the same kind (see [`Job::absorb`]); the order of
+/// each room's jobs is kept.
+fn coalesce(jobs: Vec<(Target, Job)>) -> Vec<(Target, Job)> {
+    let mut out: Vec<(Target, Job)> = Vec::with_capacity(jobs.len());
+    for (target, job) in jobs {
+        let job = match out.iter_mut().rev().find(|(t, _)| *t == target) {
+            Some((_, last)) => match last.absorb(job) {
+                Ok(()) => continue,
+                Err(job) => job,
+            },
+            None => job,
+        };
+        out.push((target, job));
+    }
+    out
+}
+
 /// Starts a room's sender: jobs run one after another, so a room's
 /// messages keep their order, while rooms proceed side by side.
 fn spawn_sender(
@@ -72,11 +138,32 @@ fn spawn_sender(
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tasks.retain(|t| !t.is_finished());
     tasks.push(tokio::spawn(async move {
-        while let Some(job) = rx.recv().await {
+        // A job taken from the queue that could not be merged into the
+        // message before it: it is next.
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(job) => job,
+                None => match rx.recv().await {
+                    Some(job) => job,
+                    None => break,
+                },
+            };
             match job {
-                Job::Say(text) => send(&room, &case, &gate, RoomMessageEventContent::notice_plain(text)).await,
-                Job::Html(plain, html) => {
-                    send(&room, &case, &gate, RoomMessageEventContent::notice_html(plain, html)).await
+                Job::Say(_) | Job::Html(..) => {
+                    hold(&gate, &case).await;
+                    // Messages queued meanwhile (behind the gate or a slow
+                    // send) go out with this one.
+                    let mut job = job;
+                    while let Ok(more) = rx.try_recv() {
+                        if let Err(other) = job.absorb(more) {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                    if let Some(content) = job.content() {
+                        send(&room, &case, content).await;
+                    }
                 }
                 Job::Invite(uid, name) => {
                     if let Some(name) = name {
@@ -113,13 +200,17 @@ fn spawn_sender(
     tx
 }
 
-/// Sends one message; its time is logged at trace (debug when slow), so
-/// an operator can tell the bot's delays from the homeserver's.
-async fn send(room: &Room, case: &str, gate: &SendGate, content: RoomMessageEventContent) {
+/// Waits at the send gate before a message (see [`SendGate`]).
+async fn hold(gate: &SendGate, case: &str) {
     let waited = gate.wait_open(GATE_LIMIT).await;
     if waited >= Duration::from_secs(1) {
         debug!(case = %case, ms = waited.as_millis() as u64, "message held while the sync loop finished a response");
     }
+}
+
+/// Sends one message; its time is logged at trace (debug when slow), so
+/// an operator can tell the bot's delays from the homeserver's.
+async fn send(room: &Room, case: &str, content: RoomMessageEventContent) {
     let t = std::time::Instant::now();
     match room.send(content).await {
         Ok(_) => {
@@ -659,7 +750,7 @@ impl Worker {
             self.dirty = false;
         }
         self.update_metrics();
-        for (target, job) in std::mem::take(&mut self.pending) {
+        for (target, job) in coalesce(std::mem::take(&mut self.pending)) {
             match target {
                 Target::Staff => match &self.staff {
                     Some(q) => {
@@ -798,5 +889,112 @@ fn count_visitors(members: &matrix_sdk::Result<Vec<matrix_sdk::room::RoomMember>
 async fn leave(room: &Room) {
     if room.leave().await.is_ok() {
         let _ = room.forget().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn say(t: &str) -> Job {
+        Job::Say(t.to_owned())
+    }
+
+    fn case(k: &str) -> Target {
+        Target::Case(k.to_owned())
+    }
+
+    /// A readable picture of a job list: "a:Say(x)" etc.
+    fn show(jobs: &[(Target, Job)]) -> Vec<String> {
+        jobs.iter()
+            .map(|(t, j)| {
+                let t = match t {
+                    Target::Staff => "staff".to_owned(),
+                    Target::Case(k) => k.clone(),
+                };
+                let j = match j {
+                    Job::Say(s) => format!("Say({s})"),
+                    Job::Html(p, h) => format!("Html({p}|{h})"),
+                    Job::Invite(..) => "Invite".into(),
+                    Job::Withdraw(_) => "Withdraw".into(),
+                    Job::RefreshKeys(_) => "RefreshKeys".into(),
+                    Job::Leave { .. } => "Leave".into(),
+                };
+                format!("{t}:{j}")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rooms_consecutive_texts_become_one_message() {
+        let out = coalesce(vec![(case("a"), say("Hello")), (case("a"), say("(1/6) Who is this chat for?"))]);
+        assert_eq!(show(&out), ["a:Say(Hello\n\n(1/6) Who is this chat for?)"]);
+    }
+
+    #[test]
+    fn other_rooms_jobs_in_between_do_not_stop_a_merge_but_keep_their_place() {
+        let out = coalesce(vec![
+            (case("a"), say("one")),
+            (Target::Staff, staff_notice("Case X waiting".into())),
+            (case("b"), say("other room")),
+            (case("a"), say("two")),
+        ]);
+        assert_eq!(
+            show(&out),
+            ["a:Say(one\n\ntwo)", "staff:Html(Case X waiting|Case X waiting)", "b:Say(other room)"]
+        );
+    }
+
+    #[test]
+    fn a_job_of_another_kind_keeps_the_order_of_its_room() {
+        let uid: OwnedUserId = "@c:localhost".try_into().unwrap();
+        let out = coalesce(vec![
+            (case("a"), say("Finding a counsellor")),
+            (case("a"), Job::Invite(uid, None)),
+            (case("a"), say("after the invite")),
+            (case("a"), Job::Html("summary".into(), "<b>summary</b>".into())),
+            (case("a"), say("goodbye")),
+            (case("a"), Job::Leave { case_id: "X".into(), purger: None }),
+        ]);
+        assert_eq!(
+            show(&out),
+            [
+                "a:Say(Finding a counsellor)",
+                "a:Invite",
+                "a:Say(after the invite)",
+                "a:Html(summary|<b>summary</b>)",
+                "a:Say(goodbye)",
+                "a:Leave"
+            ]
+        );
+    }
+
+    #[test]
+    fn staff_notices_merge_as_html() {
+        let out = coalesce(vec![
+            (Target::Staff, staff_notice("Case A waiting".into())),
+            (Target::Staff, staff_notice("Case B waiting".into())),
+        ]);
+        assert_eq!(show(&out), ["staff:Html(Case A waiting\n\nCase B waiting|Case A waiting<br><br>Case B waiting)"]);
+    }
+
+    #[test]
+    fn a_repeated_text_is_said_once() {
+        let reask = "Sorry, I did not understand that.\n\n(2/6) How old are you?";
+        let out = coalesce(vec![(case("a"), say(reask)), (case("a"), say(reask)), (case("a"), say("(3/6) next"))]);
+        assert_eq!(show(&out), [format!("a:Say({reask}\n\n(3/6) next)")]);
+        // Only a whole part counts as a repeat, not a text's tail.
+        let out = coalesce(vec![(case("a"), say("In danger? Call 112.")), (case("a"), say("112."))]);
+        assert_eq!(show(&out), ["a:Say(In danger? Call 112.\n\n112.)"]);
+    }
+
+    #[test]
+    fn merging_stops_at_the_length_limit() {
+        let long = "x".repeat(MERGE_LIMIT - 10);
+        let out = coalesce(vec![(case("a"), say(&long)), (case("a"), say("this does not fit"))]);
+        assert_eq!(out.len(), 2);
+        let mut job = say("short");
+        assert!(job.absorb(say("also short")).is_ok());
+        assert!(matches!(job.absorb(Job::Withdraw("@c:localhost".try_into().unwrap())), Err(Job::Withdraw(_))));
     }
 }
