@@ -25,6 +25,10 @@
 //!   closes the gate, the sync loop opens it when `sync_once` returns. A
 //!   message caused by an event waits only for the rest of the iteration
 //!   that brought it.
+//!
+//! The gate costs latency under load (docs/benchmarks.md); a fix in the
+//! SDK would make it unnecessary: `docs/upstream-matrix-sdk-stall.md` is a
+//! draft of that upstream issue.
 
 use std::collections::HashSet;
 use std::time::Duration;
