@@ -71,13 +71,13 @@ def main(path: str) -> None:
     for half, acc in halves.items():
         if not acc:
             continue
-        total = sum(v[1] for (w, e), v in acc.items() if e == "*")
+        # Requesters by their total CPU, each with its "(all)" row first.
+        by_requester = {w: v[1] for (w, e), v in acc.items() if e == "*"}
+        total = sum(by_requester.values())
         print(f"\n## {half} half: {total:.1f} CPU s attributed to requests\n")
         print("| requester | endpoint | requests | CPU s | CPU ms/request | wall s (sum) |")
         print("|---|---|---|---|---|---|")
-        ordered = sorted(acc.items(), key=lambda kv: (-sum(v[1] for (w, e), v in acc.items()
-                                                           if w == kv[0][0] and e == "*"),
-                                                      kv[0][1] != "*", -kv[1][1]))
+        ordered = sorted(acc.items(), key=lambda kv: (-by_requester[kv[0][0]], kv[0][1] != "*", -kv[1][1]))
         for (w, e), (n, cpu, real) in ordered:
             if e != "*" and cpu < 0.02 * total:
                 continue
