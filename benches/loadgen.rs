@@ -238,7 +238,9 @@ async fn run(args: Args) {
     let ratio = |a: Duration, b: Duration| {
         if b.is_zero() { "-".to_owned() } else { format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64()) }
     };
-    for (name, a, e) in [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)] {
+    for (name, a, e) in
+        [("per-turn p50 (ms)", p50, e50), ("per-turn p95 (ms)", p95, e95), ("per-turn p99 (ms)", p99, e99)]
+    {
         report.push_str(&format!("| {name} | {} | {} | {} |\n", ms(a), ms(e), ratio(a, e)));
     }
     let three = |samples: &[Duration]| {
@@ -260,7 +262,8 @@ async fn run(args: Args) {
         three(&echo_greetings),
         greet_ratio
     ));
-    report.push_str(&format!("| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} | | |\n", three(&b.invites)));
+    report
+        .push_str(&format!("| last answer -> counsellor invite p50 / p95 / p99 (ms) | {} | | |\n", three(&b.invites)));
     report.push_str(&format!(
         "| cases completed / lost / stuck | {} / {} / {} | {} | |\n",
         b.completed,
@@ -273,8 +276,11 @@ async fn run(args: Args) {
         b.no_room,
         echo.as_ref().map(|e| e.no_room.to_string()).unwrap_or_default()
     ));
-    report.push_str(&format!("| wall time of the run (s) | {:.1} | {} | |\n", b.wall.as_secs_f64(),
-        echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()));
+    report.push_str(&format!(
+        "| wall time of the run (s) | {:.1} | {} | |\n",
+        b.wall.as_secs_f64(),
+        echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()
+    ));
     report.push_str(&format!("| bot peak RSS (MB) | {bot_hwm:.0} | | |\n"));
     report.push_str(&format!("| bot CPU seconds | {:.1} | | |\n", bot_cpu1 - bot_cpu0));
     // The echo half has no counsellors: less work for the homeserver.
@@ -283,7 +289,11 @@ async fn run(args: Args) {
         syn_cpu1 - syn_cpu0,
         if echo.is_some() { format!("{:.1}", syn_cpu2 - syn_cpu1) } else { String::new() }
     ));
-    report.push_str(&format!("| turns measured | {} | {} | |\n", b.turns.len(), echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)));
+    report.push_str(&format!(
+        "| turns measured | {} | {} | |\n",
+        b.turns.len(),
+        echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)
+    ));
     report.push_str(&format!(
         "| per turn number, p50/max (ms) | {} | {} | |\n",
         b.turn_breakdown(),
@@ -292,7 +302,10 @@ async fn run(args: Args) {
 
     if args.restart_rooms > 0 {
         let secs = restart_run(&mut scene, args.restart_rooms).await;
-        report.push_str(&format!("| restart with {} rooms: start to next question (s) | {secs:.1} | | |\n", args.restart_rooms));
+        report.push_str(&format!(
+            "| restart with {} rooms: start to next question (s) | {secs:.1} | | |\n",
+            args.restart_rooms
+        ));
     }
     let _ = hs;
     println!("{report}");
@@ -385,7 +398,11 @@ async fn visitor_intake(
     Ok(turns)
 }
 
-async fn counsellor_loop(client: Client, last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>, inv: Arc<Mutex<Vec<Duration>>>) {
+async fn counsellor_loop(
+    client: Client,
+    last: Arc<Mutex<HashMap<OwnedRoomId, Instant>>>,
+    inv: Arc<Mutex<Vec<Duration>>>,
+) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(OwnedRoomId, Instant)>();
     client.add_event_handler(move |ev: StrippedRoomMemberEvent, c: Client, room: Room| {
         let tx = tx.clone();
@@ -467,12 +484,8 @@ async fn echo_run(vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
 /// The baseline bot: joins every invite, says "echo ready", and answers
 /// each text at once with "echo: <text>". Same SDK, same store settings.
 async fn echo_bot(url: String, user: String, password: String, dir: String) {
-    let client = Client::builder()
-        .homeserver_url(&url)
-        .sqlite_store(&dir, Some("echo passphrase"))
-        .build()
-        .await
-        .unwrap();
+    let client =
+        Client::builder().homeserver_url(&url).sqlite_store(&dir, Some("echo passphrase")).build().await.unwrap();
     client.matrix_auth().login_username(&user, &password).await.unwrap();
     client.add_event_handler(|ev: StrippedRoomMemberEvent, c: Client, room: Room| async move {
         if Some(ev.state_key.as_ref()) != c.user_id() {

@@ -337,8 +337,7 @@ impl Config {
     /// are resolved against the file's own directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let err = |problems: Vec<String>| ConfigError { file: path.to_owned(), problems };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| err(vec![format!("cannot read the file: {e}")]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(vec![format!("cannot read the file: {e}")]))?;
         let mut config = Config::parse(&text).map_err(|p| err(vec![p]))?;
         let problems = config.validate();
         if !problems.is_empty() {
@@ -358,11 +357,7 @@ impl Config {
             let msg = inner.message().to_owned();
             let line = inner.span().map(|s| line_of(text, s.start));
             let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-            if path == "." || path.is_empty() {
-                format!("{msg}{at}")
-            } else {
-                format!("key `{path}`{at}: {msg}")
-            }
+            if path == "." || path.is_empty() { format!("{msg}{at}") } else { format!("key `{path}`{at}: {msg}") }
         })
     }
 
@@ -391,9 +386,7 @@ impl Config {
     /// naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if !(self.matrix.homeserver_url.starts_with("http://")
-            || self.matrix.homeserver_url.starts_with("https://"))
-        {
+        if !(self.matrix.homeserver_url.starts_with("http://") || self.matrix.homeserver_url.starts_with("https://")) {
             p.push("key `matrix.homeserver_url`: expected an http:// or https:// URL".into());
         }
         if !is_user_id(&self.matrix.user_id) {
@@ -404,9 +397,7 @@ impl Config {
         }
         for (i, c) in self.staff.counsellors.iter().enumerate() {
             if !is_user_id(c) {
-                p.push(format!(
-                    "key `staff.counsellors[{i}]`: expected a full user id like @name:example.org"
-                ));
+                p.push(format!("key `staff.counsellors[{i}]`: expected a full user id like @name:example.org"));
             }
             if c == &self.matrix.user_id {
                 p.push(format!("key `staff.counsellors[{i}]`: the bot cannot be its own counsellor"));
@@ -488,9 +479,7 @@ impl Config {
             }
             for (ui, u) in q.urgent_choices.iter().enumerate() {
                 if !cids.contains(u.as_str()) {
-                    p.push(format!(
-                        "key `{key}.urgent_choices[{ui}]`: `{u}` is not a choice id of this question"
-                    ));
+                    p.push(format!("key `{key}.urgent_choices[{ui}]`: `{u}` is not a choice id of this question"));
                 }
             }
         }
@@ -656,8 +645,7 @@ fn secret(var: &str, file: Option<&Path>, key: &str) -> anyhow::Result<String> {
     let Some(file) = file else {
         anyhow::bail!("no secret: set {var} or the config key `{key}`");
     };
-    let v = std::fs::read_to_string(file)
-        .with_context(|| format!("reading `{key}` ({})", file.display()))?;
+    let v = std::fs::read_to_string(file).with_context(|| format!("reading `{key}` ({})", file.display()))?;
     let v = v.trim_end_matches(['\n', '\r']).to_owned();
     anyhow::ensure!(!v.is_empty(), "`{key}` ({}) is empty", file.display());
     Ok(v)
@@ -716,9 +704,8 @@ choices = [ { id = "a", label = { en = "A" } } ]
 
     #[test]
     fn choice_without_choices_and_duplicate_id() {
-        let t = format!(
-            "{MINIMAL}\n[[intake.questions]]\nid = \"q\"\nkind = \"choice\"\nprompt = {{ en = \"again\" }}\n"
-        );
+        let t =
+            format!("{MINIMAL}\n[[intake.questions]]\nid = \"q\"\nkind = \"choice\"\nprompt = {{ en = \"again\" }}\n");
         let c = Config::parse(&t).unwrap();
         let p = c.validate();
         assert!(p.iter().any(|l| l.contains("intake.questions[1].id") && l.contains("duplicate")), "{p:?}");
@@ -727,9 +714,7 @@ choices = [ { id = "a", label = { en = "A" } } ]
 
     #[test]
     fn missing_translation_and_bad_ids() {
-        let t = MINIMAL
-            .replace("[staff]", "[intake]\nlanguages = [\"en\", \"nl\"]\n[staff]")
-            .replace("!abc", "abc");
+        let t = MINIMAL.replace("[staff]", "[intake]\nlanguages = [\"en\", \"nl\"]\n[staff]").replace("!abc", "abc");
         let p = Config::parse(&t).unwrap().validate();
         assert!(p.iter().any(|l| l.contains("intake.questions[0].prompt.nl")), "{p:?}");
         assert!(p.iter().any(|l| l.contains("intake.questions[0].choices[0].label.nl")), "{p:?}");

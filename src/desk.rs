@@ -84,26 +84,51 @@ pub enum VisitorInput {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send a notice to the case room.
-    Say { key: String, text: String },
+    Say {
+        key: String,
+        text: String,
+    },
     /// Send the intake summary (plain and HTML) to the case room.
-    Brief { key: String, text: String, html: String },
+    Brief {
+        key: String,
+        text: String,
+        html: String,
+    },
     /// Send a notice to the staff room.
-    Staff { text: String },
-    Invite { key: String, user: String },
+    Staff {
+        text: String,
+    },
+    Invite {
+        key: String,
+        user: String,
+    },
     /// Withdraw an invite or remove a counsellor from a case room.
-    Withdraw { key: String, user: String },
+    Withdraw {
+        key: String,
+        user: String,
+    },
     /// Persist the case's in-progress state.
-    SaveCase { key: String },
+    SaveCase {
+        key: String,
+    },
     /// Persist the routing state.
     SaveRouter,
     /// Write the outcome record and flush (before the goodbye goes out).
     Record(OutcomeRecord),
     /// Persist a case that is being closed (its goodbye may not be sent yet).
-    MarkClosing { key: String, case: Box<Case> },
+    MarkClosing {
+        key: String,
+        case: Box<Case>,
+    },
     /// Delete the in-progress state.
-    DeleteCase { key: String },
+    DeleteCase {
+        key: String,
+    },
     /// Leave and forget the room (and purge it, where configured).
-    Leave { key: String, case_id: String },
+    Leave {
+        key: String,
+        case_id: String,
+    },
 }
 
 /// What happened since the edge last looked, for metrics. In memory only.
@@ -356,7 +381,11 @@ impl Desk {
                         let lang = self.settings.staff_language();
                         out.push(Action::Say {
                             key: key.to_owned(),
-                            text: self.settings.say(lang, TextKey::CloseUsage, &[("tags", &self.settings.tags.join(", "))]),
+                            text: self.settings.say(
+                                lang,
+                                TextKey::CloseUsage,
+                                &[("tags", &self.settings.tags.join(", "))],
+                            ),
                         });
                     }
                 }
@@ -461,9 +490,9 @@ impl Desk {
     pub fn next_deadline(&self, now: i64) -> Option<i64> {
         let routing = self.router.next_deadline(&self.policy, self.is_open(now));
         let opening = match (&self.hours, self.router.queue.is_empty()) {
-            (Some(h), false) if !self.is_open(now) => DateTime::from_timestamp(now, 0)
-                .and_then(|t| h.next_open(t))
-                .map(|t| t.timestamp()),
+            (Some(h), false) if !self.is_open(now) => {
+                DateTime::from_timestamp(now, 0).and_then(|t| h.next_open(t)).map(|t| t.timestamp())
+            }
             _ => None,
         };
         routing.into_iter().chain(opening).min()

@@ -119,7 +119,10 @@ fn scrub_ids(s: &str) -> String {
             && matches!(c, '@' | '!' | '#' | '$')
             && chars.peek().is_some_and(|n| n.is_alphanumeric() || matches!(n, '_' | '=' | '-' | '.'));
         if starts_id {
-            while chars.peek().is_some_and(|n| !n.is_whitespace() && !matches!(n, '"' | '\'' | ',' | ')' | ']' | '}' | '>' | '\\')) {
+            while chars
+                .peek()
+                .is_some_and(|n| !n.is_whitespace() && !matches!(n, '"' | '\'' | ',' | ')' | ']' | '}' | '>' | '\\'))
+            {
                 chars.next();
             }
             out.push_str("<id>");
@@ -198,12 +201,17 @@ mod tests {
             "WARN matrix_sdk_crypto::identities::manager: Our own device might have been deleted \
              user_id=\"<id>\" device_id=\"<device>\" curve25519_key=\"curve25519:<key>\""
         );
-        assert_eq!(scrub("sender_device=ABCDEFGHIJ session_id=\"0123456789abcdefghijABCDEFGHIJ0123456789abc\""),
-            "sender_device=<device> session_id=\"<key>\"");
+        assert_eq!(
+            scrub("sender_device=ABCDEFGHIJ session_id=\"0123456789abcdefghijABCDEFGHIJ0123456789abc\""),
+            "sender_device=<device> session_id=\"<key>\""
+        );
         assert_eq!(scrub("device: Some(DeviceId(\"QWERTYUIOP\"))"), "device: Some(<device>(\"<device>\"))");
         assert_eq!(scrub("DeviceId(\"QWERTYUIOP\")"), "DeviceId(\"<device>\")");
         // Ordinary words stay, also after a device field was closed.
-        assert_eq!(scrub("device_id=X, then the room key was shared"), "device_id=<device>, then the room key was shared");
+        assert_eq!(
+            scrub("device_id=X, then the room key was shared"),
+            "device_id=<device>, then the room key was shared"
+        );
         assert_eq!(scrub("no device was found"), "no device was found");
     }
 

@@ -9,7 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use intake_bot::config::{Config, Secrets};
 use intake_bot::logging::{self, LogFormat};
-use intake_bot::outcome::{self, stats::{By, Query, Report, Week}};
+use intake_bot::outcome::{
+    self,
+    stats::{By, Query, Report, Week},
+};
 use intake_bot::store::{Store, StoreError};
 
 /// End-to-end-encrypted Matrix intake bot for an anonymous helpline.

@@ -127,14 +127,38 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP intake_bot_{name} {help}\n# TYPE intake_bot_{name} counter\nintake_bot_{name} {v}");
+            let _ =
+                writeln!(o, "# HELP intake_bot_{name} {help}\n# TYPE intake_bot_{name} counter\nintake_bot_{name} {v}");
         };
-        counter(&mut o, "cases_started_total", "Cases started (bot joined an encrypted visitor room).", self.cases_started.load(Ordering::Relaxed));
-        counter(&mut o, "intakes_completed_total", "Ended cases whose intake was completed.", self.intakes_completed.load(Ordering::Relaxed));
+        counter(
+            &mut o,
+            "cases_started_total",
+            "Cases started (bot joined an encrypted visitor room).",
+            self.cases_started.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "intakes_completed_total",
+            "Ended cases whose intake was completed.",
+            self.intakes_completed.load(Ordering::Relaxed),
+        );
         counter(&mut o, "cases_urgent_total", "Cases marked urgent.", self.urgent.load(Ordering::Relaxed));
-        counter(&mut o, "offer_timeouts_total", "Offers to a counsellor withdrawn after the accept timeout.", self.offer_timeouts.load(Ordering::Relaxed));
-        counter(&mut o, "sync_errors_total", "Failed syncs with the homeserver.", self.sync_errors.load(Ordering::Relaxed));
-        let _ = writeln!(o, "# HELP intake_bot_cases_ended_total Cases ended, by outcome tag.\n# TYPE intake_bot_cases_ended_total counter");
+        counter(
+            &mut o,
+            "offer_timeouts_total",
+            "Offers to a counsellor withdrawn after the accept timeout.",
+            self.offer_timeouts.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut o,
+            "sync_errors_total",
+            "Failed syncs with the homeserver.",
+            self.sync_errors.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP intake_bot_cases_ended_total Cases ended, by outcome tag.\n# TYPE intake_bot_cases_ended_total counter"
+        );
         if let Ok(m) = self.ended.lock() {
             for (tag, n) in m.iter() {
                 let _ = writeln!(o, "intake_bot_cases_ended_total{{outcome=\"{}\"}} {n}", label(tag));
@@ -142,12 +166,18 @@ impl Metrics {
         }
         let g = self.gauges.lock().map(|g| *g).unwrap_or_default();
         let gauge = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP intake_bot_{name} {help}\n# TYPE intake_bot_{name} gauge\nintake_bot_{name} {v}");
+            let _ =
+                writeln!(o, "# HELP intake_bot_{name} {help}\n# TYPE intake_bot_{name} gauge\nintake_bot_{name} {v}");
         };
         gauge(&mut o, "cases_active", "Cases in progress.", g.active_cases);
         gauge(&mut o, "queue_length", "Cases waiting for a counsellor (offered ones included).", g.queue_length);
         gauge(&mut o, "counsellors_available", "Counsellors who said !available.", g.counsellors_available);
-        gauge(&mut o, "sync_healthy", "1 while the sync with the homeserver is healthy.", u64::from(self.health().is_ok()));
+        gauge(
+            &mut o,
+            "sync_healthy",
+            "1 while the sync with the homeserver is healthy.",
+            u64::from(self.health().is_ok()),
+        );
         let _ = writeln!(
             o,
             "# HELP intake_bot_wait_seconds Time from the end of the intake to a counsellor joining.\n# TYPE intake_bot_wait_seconds histogram"
@@ -173,10 +203,9 @@ fn label(s: &str) -> String {
 /// Binds the listener now, so a bad or busy address stops the start with
 /// a clear error rather than failing later unseen.
 pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
-    let addr: SocketAddr = listen.parse().with_context(|| format!("key `metrics.listen`: `{listen}` is not an address"))?;
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("key `metrics.listen`: cannot listen on {addr}"))
+    let addr: SocketAddr =
+        listen.parse().with_context(|| format!("key `metrics.listen`: `{listen}` is not an address"))?;
+    tokio::net::TcpListener::bind(addr).await.with_context(|| format!("key `metrics.listen`: cannot listen on {addr}"))
 }
 
 /// Serves `/metrics` and `/healthz` until `shutdown` resolves.

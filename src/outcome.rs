@@ -121,11 +121,7 @@ pub const CSV_FIXED: &[&str] = &[
 ];
 
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_owned() }
 }
 
 /// CSV with a stable header: the fixed columns, then `q:<id>` per configured

@@ -149,7 +149,16 @@ impl Router {
         if self.queue.iter().any(|w| w.key == key) || self.offers.contains_key(key) || self.active.contains_key(key) {
             return;
         }
-        self.queue.push(Waiting { key: key.to_owned(), urgent, front, since: now, passed: Vec::new(), declined: Vec::new(), told: None, alerted: false });
+        self.queue.push(Waiting {
+            key: key.to_owned(),
+            urgent,
+            front,
+            since: now,
+            passed: Vec::new(),
+            declined: Vec::new(),
+            told: None,
+            alerted: false,
+        });
     }
 
     /// Marks a waiting or offered case urgent.
@@ -345,8 +354,7 @@ impl Router {
     /// there to read it; at opening they are.
     pub fn next_deadline(&self, p: &Policy, open: bool) -> Option<i64> {
         let offers = self.offers.values().map(|o| o.deadline);
-        let alerts =
-            self.queue.iter().filter(|w| open && !w.alerted).map(|w| w.since + p.wait_alert_secs);
+        let alerts = self.queue.iter().filter(|w| open && !w.alerted).map(|w| w.since + p.wait_alert_secs);
         let told = self.queue.iter().enumerate().filter_map(|(i, w)| match w.told {
             Some((pos, at)) if pos != i + 1 => Some(at + POSITION_INTERVAL_SECS),
             _ => None,

@@ -114,9 +114,10 @@ impl Store {
                 .into());
             }
             Some(v) => {
-                let v: u32 = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok()).ok_or_else(|| {
-                    StoreError::Foreign(format!("{}: unreadable schema version", dir.display()))
-                })?;
+                let v: u32 = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Foreign(format!("{}: unreadable schema version", dir.display())))?;
                 if v != SCHEMA_VERSION {
                     return Err(StoreError::Foreign(format!(
                         "{}: schema version {v}, this intake-bot reads version {SCHEMA_VERSION}",
@@ -126,13 +127,7 @@ impl Store {
                 }
             }
         }
-        Ok(Store {
-            cases: db.open_tree("cases")?,
-            outcomes: db.open_tree("outcomes")?,
-            meta,
-            db,
-            _lock: lock,
-        })
+        Ok(Store { cases: db.open_tree("cases")?, outcomes: db.open_tree("outcomes")?, meta, db, _lock: lock })
     }
 
     /// Every case in progress, by case key. Unreadable entries are reported

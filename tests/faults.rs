@@ -40,7 +40,10 @@ async fn a_case_survives_kill_9_and_messages_sent_while_down_are_answered() {
     assert_eq!(c.wait_invite().await, room);
     c.join(&room).await;
     let summary = c.expect(&room, "New chat").await;
-    assert!(summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me work"), "{summary}");
+    assert!(
+        summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me work"),
+        "{summary}"
+    );
     c.send(&room, "!close advice").await;
     s.visitor.expect(&room, "ended this chat").await;
     let seen = s.visitor.drain(&room);
@@ -112,7 +115,12 @@ async fn kill_9_right_after_an_answer_loses_nothing_and_repeats_nothing() {
     assert_eq!(c.wait_invite().await, room);
     c.join(&room).await;
     let summary = c.expect(&room, "New chat").await;
-    assert!(summary.contains("For myself") && summary.contains("15 to 17") && summary.contains("Someone makes me do crimes"), "{summary}");
+    assert!(
+        summary.contains("For myself")
+            && summary.contains("15 to 17")
+            && summary.contains("Someone makes me do crimes"),
+        "{summary}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

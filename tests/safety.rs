@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Scene, Synapse, TIMEOUT, TestClient, all_files, contains_bytes, unique};
+use matrix_sdk::RoomMemberships;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
@@ -16,7 +17,6 @@ use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, ReplacementMetadata, RoomMessageEventContent,
 };
-use matrix_sdk::RoomMemberships;
 
 /// Every message the bot sent in `room`, as the visitor's client fetches
 /// it from the server: (was it encrypted, body or type).
@@ -110,7 +110,11 @@ prompt = { en = "Tell us what happened, in a few words." }
         ("message while waiting", waiting_text),
     ];
     let files = all_files(&s.bot.data_dir());
-    assert!(files.len() > 3, "the data dir holds the stores: {files:?}", files = files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert!(
+        files.len() > 3,
+        "the data dir holds the stores: {files:?}",
+        files = files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     let log = s.bot.log_text();
     // Positive controls: the scan does read the stores and the log.
     assert!(

@@ -147,7 +147,8 @@ fn stop_records_before_goodbye() {
     let mut d = desk();
     d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
     let out = d.handle(1, text("k", "stop"));
-    let rest: Vec<&Action> = out.iter().filter(|a| !matches!(a, Action::SaveCase { .. } | Action::SaveRouter)).collect();
+    let rest: Vec<&Action> =
+        out.iter().filter(|a| !matches!(a, Action::SaveCase { .. } | Action::SaveRouter)).collect();
     assert!(matches!(rest[0], Action::MarkClosing { .. }));
     assert!(matches!(rest[1], Action::Record(r) if r.outcome == "stopped"));
     assert!(said_to(&out, "k")[0].contains("ended"));
@@ -305,7 +306,8 @@ fn check_invariants(d: &Desk) {
         assert!(seen.insert(k.clone()), "case routed twice");
     }
     for c in r.counsellors.keys() {
-        let load = r.active.values().filter(|x| *x == c).count() + r.offers.values().filter(|o| &o.counsellor == c).count();
+        let load =
+            r.active.values().filter(|x| *x == c).count() + r.offers.values().filter(|o| &o.counsellor == c).count();
         assert!(load <= d.policy.max_active as usize);
     }
 }
@@ -315,8 +317,26 @@ fn random_event_sequences_never_panic_or_break_invariants() {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     let inputs = [
-        "1", "2", "3", "4", "9", "skip", "stop", "sos", "English", "nl", "banana", "", "!close advice",
-        "!transfer", "!available", "!away", "!status", "Voor mezelf", "more than one", "No",
+        "1",
+        "2",
+        "3",
+        "4",
+        "9",
+        "skip",
+        "stop",
+        "sos",
+        "English",
+        "nl",
+        "banana",
+        "",
+        "!close advice",
+        "!transfer",
+        "!available",
+        "!away",
+        "!status",
+        "Voor mezelf",
+        "more than one",
+        "No",
     ];
     let (mut with_counsellor, mut closed_by_tag) = (0, 0);
     for seed in 0..300u64 {
@@ -346,11 +366,18 @@ fn random_event_sequences_never_panic_or_break_invariants() {
             let ev = match rng.gen_range(0..16) {
                 0 => Event::Opened { key, case_id: format!("c{}", rng.r#gen::<u32>()) },
                 1..=7 => Event::Visitor { key, input: VisitorInput::Text(t) },
-                8 => Event::Visitor { key, input: if rng.gen_bool(0.5) { VisitorInput::NonText } else { VisitorInput::Undecryptable } },
+                8 => Event::Visitor {
+                    key,
+                    input: if rng.gen_bool(0.5) { VisitorInput::NonText } else { VisitorInput::Undecryptable },
+                },
                 9 if rng.gen_bool(0.2) => Event::VisitorLeft { key },
                 10 => Event::CounsellorJoined { key, user },
                 11 if rng.gen_bool(0.3) => Event::CounsellorLeft { key, user },
-                12 => Event::CounsellorText { key, user, text: if rng.gen_bool(0.3) { "!close advice".into() } else { t } },
+                12 => Event::CounsellorText {
+                    key,
+                    user,
+                    text: if rng.gen_bool(0.3) { "!close advice".into() } else { t },
+                },
                 13 => Event::Staff { user, text: ["!available", "!away", "!status", "hi"][rng.gen_range(0..4)].into() },
                 _ => Event::Tick,
             };
@@ -360,7 +387,11 @@ fn random_event_sequences_never_panic_or_break_invariants() {
             closed_by_tag += out.iter().filter(|a| matches!(a, Action::Record(r) if r.outcome == "advice")).count();
             if rng.gen_bool(0.05) {
                 // A restart: everything through serde, as the store keeps it.
-                let cases = d.cases.iter().map(|(k, c)| (k.clone(), serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap())).collect();
+                let cases = d
+                    .cases
+                    .iter()
+                    .map(|(k, c)| (k.clone(), serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap()))
+                    .collect();
                 let router = serde_json::from_str(&serde_json::to_string(&d.router).unwrap()).unwrap();
                 d = Desk::new(d.settings.clone(), d.policy, None, cases, router);
                 let fin = d.finish_closing(now);
@@ -416,7 +447,16 @@ fn events_seen_again_change_nothing() {
 fn state_is_saved_before_anything_visible() {
     let mut d = desk();
     d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
-    let visible = |a: &Action| matches!(a, Action::Say { .. } | Action::Staff { .. } | Action::Invite { .. } | Action::Withdraw { .. } | Action::Leave { .. });
+    let visible = |a: &Action| {
+        matches!(
+            a,
+            Action::Say { .. }
+                | Action::Staff { .. }
+                | Action::Invite { .. }
+                | Action::Withdraw { .. }
+                | Action::Leave { .. }
+        )
+    };
     let check = |out: &[Action]| {
         let first_visible = out.iter().position(visible).unwrap_or(out.len());
         let last_save = out.iter().rposition(|a| matches!(a, Action::SaveCase { .. } | Action::SaveRouter));

@@ -346,11 +346,7 @@ impl Case {
                     fx.push(Effect::Say(s.say(self.lang(), TextKey::Greeting, &[])));
                     self.advance(s, 0, now, &mut fx);
                 }
-                None => fx.push(Effect::Say(format!(
-                    "{}\n{}",
-                    s.say(&lang, TextKey::Reask, &[]),
-                    language_menu(s)
-                ))),
+                None => fx.push(Effect::Say(format!("{}\n{}", s.say(&lang, TextKey::Reask, &[]), language_menu(s)))),
             },
             Step::Question(i) => self.answer(s, i, body, &folded, now, &mut fx),
             Step::Waiting => {
@@ -478,10 +474,7 @@ fn pick_language(s: &Settings, folded: &str) -> Option<String> {
     if let Ok(n) = folded.parse::<usize>() {
         return s.languages.get(n.checked_sub(1)?).cloned();
     }
-    s.languages
-        .iter()
-        .find(|l| fold(l) == folded || fold(text::language_name(l)) == folded)
-        .cloned()
+    s.languages.iter().find(|l| fold(l) == folded || fold(text::language_name(l)) == folded).cloned()
 }
 
 /// A choice by number (from 1, config order) or by whole label in any

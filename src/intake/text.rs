@@ -71,24 +71,38 @@ text_keys! {
 fn builtin_en(k: TextKey) -> &'static str {
     use TextKey::*;
     match k {
-        Greeting => "Hi. You are chatting with the helpline. This chat is anonymous: we will not ask your name, and we do not keep what you write. First a few short questions, then a counsellor will talk with you.\nIn danger right now? Call {emergency_number}.\nYou can type stop at any moment to end the chat.",
+        Greeting => {
+            "Hi. You are chatting with the helpline. This chat is anonymous: we will not ask your name, and we do not keep what you write. First a few short questions, then a counsellor will talk with you.\nIn danger right now? Call {emergency_number}.\nYou can type stop at any moment to end the chat."
+        }
         ChooseLanguage => "Which language do you want to use? In danger right now? Call {emergency_number}.",
         HintChoice => "Type the number of your answer, or skip.",
         HintText => "Type your answer, or skip.",
         Reask => "Sorry, I did not understand that. Please type one of the numbers, or skip.",
         Finding => "Thank you. I am looking for a counsellor for you now.",
-        QueuePosition => "All counsellors are busy right now. You are number {position} in line. Please stay in this chat.",
+        QueuePosition => {
+            "All counsellors are busy right now. You are number {position} in line. Please stay in this chat."
+        }
         QueueEstimate => "It will probably take about {minutes} minutes.",
-        ClosedHours => "The chat is closed right now. It opens again {opens}. Your answers are kept until then, and a counsellor will come to this chat. In danger right now? Call {emergency_number}.",
+        ClosedHours => {
+            "The chat is closed right now. It opens again {opens}. Your answers are kept until then, and a counsellor will come to this chat. In danger right now? Call {emergency_number}."
+        }
         WaitingNote => "A counsellor will read what you write here when they join.",
         CounsellorJoined => "A counsellor is here now. You can talk with them in this chat.",
-        Emergency => "If you are in danger right now, call {emergency_number}. It is free and they answer day and night. I am telling the counsellors that this is urgent.",
+        Emergency => {
+            "If you are in danger right now, call {emergency_number}. It is free and they answer day and night. I am telling the counsellors that this is urgent."
+        }
         Stopped => "The chat has ended. You can come back any time. In danger? Call {emergency_number}.",
-        Goodbye => "The counsellor has ended this chat. Take care. You can start a new chat any time. In danger? Call {emergency_number}.",
+        Goodbye => {
+            "The counsellor has ended this chat. Take care. You can start a new chat any time. In danger? Call {emergency_number}."
+        }
         NonText => "I can only read text. Please type your answer.",
         Undecryptable => "I could not read your last message. Could you send it again?",
-        NoEncryption => "This chat is not encrypted, so I will not ask you anything here. Please start a new chat and turn on encryption, then invite me again. In danger right now? Call {emergency_number}.",
-        GroupRoom => "This chat is only for one person and the helpline. Please start a new chat with just me. In danger right now? Call {emergency_number}.",
+        NoEncryption => {
+            "This chat is not encrypted, so I will not ask you anything here. Please start a new chat and turn on encryption, then invite me again. In danger right now? Call {emergency_number}."
+        }
+        GroupRoom => {
+            "This chat is only for one person and the helpline. Please start a new chat with just me. In danger right now? Call {emergency_number}."
+        }
         TooLong => "That message is very long. Please keep it short.",
         Flood => "I am getting many messages at once. Please wait a moment, then send one message.",
         SummaryTitle => "New chat (case {case})",
@@ -98,7 +112,9 @@ fn builtin_en(k: TextKey) -> &'static str {
         LateJoin => "This case has moved on to someone else. Please leave this room.",
         Online => "intake-bot is online.",
         StaffHelp => "Commands: !available, !away, !status, !help. In a chat: !close <tag>, !transfer.",
-        StaffStatus => "Available counsellors: {available}. Active chats: {active}. Waiting: {waiting} (urgent: {urgent}).",
+        StaffStatus => {
+            "Available counsellors: {available}. Active chats: {active}. Waiting: {waiting} (urgent: {urgent})."
+        }
         StaffAvailable => "You are available.",
         StaffAway => "You are away.",
         StaffNotCounsellor => "Only configured counsellors can use staff commands.",
@@ -114,7 +130,9 @@ fn builtin_en(k: TextKey) -> &'static str {
 fn builtin_nl(k: TextKey) -> &'static str {
     use TextKey::*;
     match k {
-        Greeting => "Hoi. Je chat met de hulplijn. Deze chat is anoniem: we vragen niet naar je naam en we bewaren niet wat je schrijft. Eerst een paar korte vragen, daarna praat een hulpverlener met je.\nNu in gevaar? Bel {emergency_number}.\nJe kunt altijd stop typen om de chat te beëindigen.",
+        Greeting => {
+            "Hoi. Je chat met de hulplijn. Deze chat is anoniem: we vragen niet naar je naam en we bewaren niet wat je schrijft. Eerst een paar korte vragen, daarna praat een hulpverlener met je.\nNu in gevaar? Bel {emergency_number}.\nJe kunt altijd stop typen om de chat te beëindigen."
+        }
         ChooseLanguage => "Welke taal wil je gebruiken? Nu in gevaar? Bel {emergency_number}.",
         HintChoice => "Typ het nummer van je antwoord, of overslaan.",
         HintText => "Typ je antwoord, of overslaan.",
@@ -122,26 +140,40 @@ fn builtin_nl(k: TextKey) -> &'static str {
         Finding => "Dank je. Ik zoek nu een hulpverlener voor je.",
         QueuePosition => "Alle hulpverleners zijn nu bezet. Je bent nummer {position} in de rij. Blijf in deze chat.",
         QueueEstimate => "Het duurt waarschijnlijk ongeveer {minutes} minuten.",
-        ClosedHours => "De chat is nu gesloten. Hij gaat weer open {opens}. Je antwoorden blijven tot dan bewaard, en een hulpverlener komt naar deze chat. Nu in gevaar? Bel {emergency_number}.",
+        ClosedHours => {
+            "De chat is nu gesloten. Hij gaat weer open {opens}. Je antwoorden blijven tot dan bewaard, en een hulpverlener komt naar deze chat. Nu in gevaar? Bel {emergency_number}."
+        }
         WaitingNote => "Een hulpverlener leest wat je hier schrijft als die erbij komt.",
         CounsellorJoined => "Er is nu een hulpverlener. Je kunt in deze chat met hem of haar praten.",
-        Emergency => "Ben je nu in gevaar? Bel {emergency_number}. Dat is gratis en ze nemen dag en nacht op. Ik laat de hulpverleners weten dat het dringend is.",
+        Emergency => {
+            "Ben je nu in gevaar? Bel {emergency_number}. Dat is gratis en ze nemen dag en nacht op. Ik laat de hulpverleners weten dat het dringend is."
+        }
         Stopped => "De chat is beëindigd. Je kunt altijd terugkomen. In gevaar? Bel {emergency_number}.",
-        Goodbye => "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen. In gevaar? Bel {emergency_number}.",
+        Goodbye => {
+            "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen. In gevaar? Bel {emergency_number}."
+        }
         NonText => "Ik kan alleen tekst lezen. Typ je antwoord.",
         Undecryptable => "Ik kon je laatste bericht niet lezen. Wil je het nog een keer sturen?",
-        NoEncryption => "Deze chat is niet versleuteld, dus ik vraag je hier niets. Begin een nieuwe chat met versleuteling aan en nodig mij opnieuw uit. Nu in gevaar? Bel {emergency_number}.",
-        GroupRoom => "Deze chat is alleen voor één persoon en de hulplijn. Begin een nieuwe chat met alleen mij. Nu in gevaar? Bel {emergency_number}.",
+        NoEncryption => {
+            "Deze chat is niet versleuteld, dus ik vraag je hier niets. Begin een nieuwe chat met versleuteling aan en nodig mij opnieuw uit. Nu in gevaar? Bel {emergency_number}."
+        }
+        GroupRoom => {
+            "Deze chat is alleen voor één persoon en de hulplijn. Begin een nieuwe chat met alleen mij. Nu in gevaar? Bel {emergency_number}."
+        }
         TooLong => "Dat bericht is erg lang. Hou het kort.",
         Flood => "Ik krijg veel berichten tegelijk. Wacht even en stuur dan één bericht.",
         SummaryTitle => "Nieuwe chat (zaak {case})",
         SummarySkipped => "(overgeslagen)",
         SummaryUrgent => "DRINGEND: de persoon is mogelijk in gevaar.",
-        SummaryHelp => "Typ !close <tag> om de chat te beëindigen ({tags}) of !transfer om hem terug in de rij te zetten.",
+        SummaryHelp => {
+            "Typ !close <tag> om de chat te beëindigen ({tags}) of !transfer om hem terug in de rij te zetten."
+        }
         LateJoin => "Deze zaak is al naar iemand anders gegaan. Verlaat deze kamer.",
         Online => "intake-bot is online.",
         StaffHelp => "Commando's: !available, !away, !status, !help. In een chat: !close <tag>, !transfer.",
-        StaffStatus => "Beschikbare hulpverleners: {available}. Actieve chats: {active}. Wachtend: {waiting} (dringend: {urgent}).",
+        StaffStatus => {
+            "Beschikbare hulpverleners: {available}. Actieve chats: {active}. Wachtend: {waiting} (dringend: {urgent})."
+        }
         StaffAvailable => "Je bent beschikbaar.",
         StaffAway => "Je bent afwezig.",
         StaffNotCounsellor => "Alleen ingestelde hulpverleners kunnen staff-commando's gebruiken.",
@@ -336,7 +368,15 @@ mod tests {
     fn every_builtin_names_the_emergency_number_where_it_must() {
         for lang in ["en", "nl"] {
             let t = Texts::default();
-            for k in [TextKey::Greeting, TextKey::ChooseLanguage, TextKey::Emergency, TextKey::Stopped, TextKey::Goodbye, TextKey::NoEncryption, TextKey::ClosedHours] {
+            for k in [
+                TextKey::Greeting,
+                TextKey::ChooseLanguage,
+                TextKey::Emergency,
+                TextKey::Stopped,
+                TextKey::Goodbye,
+                TextKey::NoEncryption,
+                TextKey::ClosedHours,
+            ] {
                 assert!(t.get(lang, k).contains("{emergency_number}"), "{lang} {k:?}");
             }
         }

@@ -124,9 +124,9 @@ async fn try_decrypt(p: &Parked) -> Option<Option<Inbound>> {
     }
     debug!("a message's encryption key came late; message handled");
     let body = match event.raw().deserialize() {
-        Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(SyncMessageLikeEvent::Original(
-            m,
-        )))) => super::message_body(m.content),
+        Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::RoomMessage(
+            SyncMessageLikeEvent::Original(m),
+        ))) => super::message_body(m.content),
         Ok(AnySyncTimelineEvent::MessageLike(AnySyncMessageLikeEvent::Sticker(_))) => Some(Body::NonText),
         _ => None,
     };

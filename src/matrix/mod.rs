@@ -168,9 +168,7 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     let client = Client::builder()
         .homeserver_url(&config.matrix.homeserver_url)
         .sqlite_store(&matrix_dir, Some(&secrets.store_passphrase))
-        .request_config(
-            RequestConfig::new().timeout(Duration::from_secs(60)).max_retry_time(Duration::from_secs(60)),
-        )
+        .request_config(RequestConfig::new().timeout(Duration::from_secs(60)).max_retry_time(Duration::from_secs(60)))
         .with_encryption_settings(EncryptionSettings { auto_enable_cross_signing: true, ..Default::default() })
         // The SDK would otherwise hand each invited counsellor the keys to
         // the room's whole history (uploaded as a file to the homeserver's
@@ -182,8 +180,8 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
         .context("building the Matrix client (wrong store passphrase or a damaged store?)")?;
     debug!("Matrix client built on the encrypted store");
     if session_path.exists() {
-        let text = std::fs::read_to_string(&session_path)
-            .with_context(|| format!("reading {}", session_path.display()))?;
+        let text =
+            std::fs::read_to_string(&session_path).with_context(|| format!("reading {}", session_path.display()))?;
         let session: MatrixSession = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a saved session", session_path.display()))?;
         anyhow::ensure!(
@@ -230,12 +228,8 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let store = Store::open(&config.storage.data_dir, true)?;
     debug!("state store open");
     let (client, fresh_login) = connect(&config, &secrets).await?;
-    let staff_room: OwnedRoomId = config
-        .staff
-        .room
-        .as_str()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
+    let staff_room: OwnedRoomId =
+        config.staff.room.as_str().try_into().map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
     let metrics = crate::metrics::Metrics::new();
     let listener = match &config.metrics.listen {
         Some(l) => Some(crate::metrics::bind(l).await?),
@@ -556,18 +550,12 @@ mod tests {
             Ok::<_, ()>(7)
         };
         let w = watch.clone();
-        let waiter =
-            tokio::spawn(
-                async move { w.join_then_wait(room, Duration::from_secs(600), join).await },
-            );
+        let waiter = tokio::spawn(async move { w.join_then_wait(room, Duration::from_secs(600), join).await });
         // Until the room itself comes in a sync, the waiter keeps waiting.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         watch.synced([room.to_owned()].iter());
-        let out = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("woken").unwrap();
         assert_eq!(out, Ok((7, true)));
         assert!(watch.lock().is_empty(), "nothing left registered");
     }
@@ -576,17 +564,12 @@ mod tests {
     async fn join_watch_gives_up_after_the_limit_and_skips_failed_joins() {
         let watch = JoinWatch::default();
         let room = room_id!("!a:example.org");
-        let out = watch
-            .join_then_wait(room, Duration::from_millis(20), async { Ok::<_, ()>(()) })
-            .await;
+        let out = watch.join_then_wait(room, Duration::from_millis(20), async { Ok::<_, ()>(()) }).await;
         assert_eq!(out, Ok(((), false)), "no sync came: said so");
         assert!(watch.lock().is_empty());
         // A failed join returns at once, whatever the limit.
-        let failed =
-            watch.join_then_wait(room, Duration::from_secs(600), async { Err::<(), _>("no") });
-        let out = tokio::time::timeout(Duration::from_secs(5), failed)
-            .await
-            .expect("no wait after a failed join");
+        let failed = watch.join_then_wait(room, Duration::from_secs(600), async { Err::<(), _>("no") });
+        let out = tokio::time::timeout(Duration::from_secs(5), failed).await.expect("no wait after a failed join");
         assert_eq!(out, Err("no"));
         assert!(watch.lock().is_empty());
     }

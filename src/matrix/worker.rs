@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::events::room::member::MembershipState;
-use matrix_sdk::ruma::events::{AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::events::{
+    AnySyncMessageLikeEvent, AnySyncStateEvent, AnySyncTimelineEvent, SyncMessageLikeEvent,
+};
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UInt, UserId};
 use matrix_sdk::{Client, EncryptionState, Room, RoomMemberships};
 use rand::RngCore;
@@ -27,8 +29,8 @@ use crate::config::{Config, Secrets};
 use crate::desk::{Action, Desk, Event, VisitorInput};
 use crate::hours::Hours;
 use crate::intake::Settings;
-use crate::metrics::{Gauges, Metrics};
 use crate::intake::text::TextKey;
+use crate::metrics::{Gauges, Metrics};
 use crate::outcome::OutcomeRecord;
 use crate::routing::Policy;
 use crate::store::{RoomKeyer, Store};
@@ -58,7 +60,10 @@ enum Job {
     Invite(OwnedUserId, Option<String>),
     Withdraw(OwnedUserId),
     /// Leave and forget the room, then purge it where configured.
-    Leave { case_id: String, purger: Option<super::purge::Purger> },
+    Leave {
+        case_id: String,
+        purger: Option<super::purge::Purger>,
+    },
 }
 
 /// Longest text that consecutive messages are merged into.
@@ -363,12 +368,7 @@ impl Worker {
             }
         }
         info!(cases_in_progress = cases.len(), rooms_found = rooms.len(), "state restored");
-        let counsellors = config
-            .staff
-            .counsellors
-            .iter()
-            .filter_map(|c| UserId::parse(c.as_str()).ok())
-            .collect();
+        let counsellors = config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
         let purger = match &config.privacy.purge_admin_token_file {
             Some(f) => Some(super::purge::Purger::new(
                 &config.matrix.homeserver_url,
@@ -630,7 +630,8 @@ impl Worker {
             let mut missed = Vec::new();
             for ev in chunk {
                 let Some(event_id) = ev.event_id() else { continue };
-                let seen = self.desk.cases.get(&key).is_some_and(|c| c.seen.contains(&self.keyer.key(event_id.as_str())));
+                let seen =
+                    self.desk.cases.get(&key).is_some_and(|c| c.seen.contains(&self.keyer.key(event_id.as_str())));
                 if seen {
                     break;
                 }
@@ -651,7 +652,11 @@ impl Worker {
                 }
             }
             if !missed.is_empty() {
-                info!(case = self.desk.case_id(&key).unwrap_or("?"), messages = missed.len(), "handling messages missed while down");
+                info!(
+                    case = self.desk.case_id(&key).unwrap_or("?"),
+                    messages = missed.len(),
+                    "handling messages missed while down"
+                );
             }
             for m in missed.into_iter().rev() {
                 self.inbound(m).await;
@@ -843,10 +848,19 @@ async fn prepare(
     // not lazy-loaded): two requests per new chat fewer for a busy
     // homeserver. Without it, ask.
     let (visitors, encrypted) = if synced {
-        (count_visitors(&room.members_no_sync(RoomMemberships::JOIN | RoomMemberships::INVITE).await, room, counsellors),
-         matches!(room.encryption_state(), EncryptionState::Encrypted))
+        (
+            count_visitors(
+                &room.members_no_sync(RoomMemberships::JOIN | RoomMemberships::INVITE).await,
+                room,
+                counsellors,
+            ),
+            matches!(room.encryption_state(), EncryptionState::Encrypted),
+        )
     } else {
-        (visitors_in(room, counsellors).await, matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted)))
+        (
+            visitors_in(room, counsellors).await,
+            matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted)),
+        )
     };
     if visitors > 1 {
         let text = settings.say(&lang, TextKey::GroupRoom, &[]);
@@ -875,7 +889,11 @@ async fn visitors_in(room: &Room, counsellors: &[OwnedUserId]) -> usize {
 
 /// Counts the members who are neither the bot nor a counsellor; a failed
 /// read counts as one visitor (the room is not taken for a group).
-fn count_visitors(members: &matrix_sdk::Result<Vec<matrix_sdk::room::RoomMember>>, room: &Room, counsellors: &[OwnedUserId]) -> usize {
+fn count_visitors(
+    members: &matrix_sdk::Result<Vec<matrix_sdk::room::RoomMember>>,
+    room: &Room,
+    counsellors: &[OwnedUserId],
+) -> usize {
     let me = room.own_user_id();
     match members {
         Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
@@ -939,10 +957,7 @@ mod tests {
             (case("b"), say("other room")),
             (case("a"), say("two")),
         ]);
-        assert_eq!(
-            show(&out),
-            ["a:Say(one\n\ntwo)", "staff:Html(Case X waiting|Case X waiting)", "b:Say(other room)"]
-        );
+        assert_eq!(show(&out), ["a:Say(one\n\ntwo)", "staff:Html(Case X waiting|Case X waiting)", "b:Say(other room)"]);
     }
 
     #[test]

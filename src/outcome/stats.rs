@@ -129,7 +129,12 @@ pub struct Report {
 
 impl Report {
     /// Computes the report over `records` for `query`.
-    pub fn compute(records: &[OutcomeRecord], questions: &[Question], monitor: &[MonitorFigure], query: &Query) -> Report {
+    pub fn compute(
+        records: &[OutcomeRecord],
+        questions: &[Question],
+        monitor: &[MonitorFigure],
+        query: &Query,
+    ) -> Report {
         let min = query.min_count as usize;
         let chosen: Vec<(&OutcomeRecord, Week)> = records
             .iter()
@@ -289,11 +294,7 @@ pub fn suppress(counts: BTreeMap<String, usize>, min: usize) -> BTreeMap<String,
     let hidden = counts.values().filter(|n| small(**n)).count();
     let mut also: Option<String> = None;
     if hidden == 1 {
-        also = counts
-            .iter()
-            .filter(|(_, n)| **n >= min && **n > 0)
-            .min_by_key(|(_, n)| **n)
-            .map(|(k, _)| k.clone());
+        also = counts.iter().filter(|(_, n)| **n >= min && **n > 0).min_by_key(|(_, n)| **n).map(|(k, _)| k.clone());
     }
     counts
         .into_iter()

@@ -198,8 +198,15 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
             "identifier": {"type": "m.id.user", "user": local},
             "password": "admin-password",
         });
-        let resp: serde_json::Value =
-            http.post(format!("{}/_matrix/client/v3/login", self.url)).json(&body).send().await.unwrap().json().await.unwrap();
+        let resp: serde_json::Value = http
+            .post(format!("{}/_matrix/client/v3/login", self.url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         resp["access_token"].as_str().expect("admin login").to_owned()
     }
 
@@ -280,7 +287,13 @@ impl TestClient {
                 };
                 let at = Instant::now();
                 let room = room.room_id().to_owned();
-                i.lock().unwrap().entry(room.clone()).or_default().push_back(Received { room, sender: ev.sender, body, html, at });
+                i.lock().unwrap().entry(room.clone()).or_default().push_back(Received {
+                    room,
+                    sender: ev.sender,
+                    body,
+                    html,
+                    at,
+                });
             }
         });
         let inv = invites.clone();
@@ -318,8 +331,10 @@ impl TestClient {
         req.invite = vec![bot.try_into().unwrap()];
         req.is_direct = true;
         req.preset = Some(RoomPreset::TrustedPrivateChat);
-        req.initial_state =
-            vec![InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any()];
+        req.initial_state = vec![
+            InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
+                .to_raw_any(),
+        ];
         // Never retried: a createRoom that timed out on a loaded server may
         // still have created the room, and a retry would make a second one.
         let config = RequestConfig::new().disable_retry().timeout(Duration::from_secs(180));
@@ -334,7 +349,8 @@ impl TestClient {
         req.preset = Some(RoomPreset::PrivateChat);
         if encrypted {
             req.initial_state = vec![
-                InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults()).to_raw_any(),
+                InitialStateEvent::with_empty_state_key(RoomEncryptionEventContent::with_recommended_defaults())
+                    .to_raw_any(),
             ];
         }
         self.client.create_room(req).await.unwrap().room_id().to_owned()

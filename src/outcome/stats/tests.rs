@@ -83,7 +83,8 @@ fn headline_counts_and_period_filter() {
     assert_eq!(r.total.stopped, Some(7));
     assert_eq!(r.total.counsellor_joined, Some(13));
 
-    let q = Query { from: Some(Week::parse("2026-W11").unwrap()), to: Some(Week::parse("2026-03-15").unwrap()), ..all(5) };
+    let q =
+        Query { from: Some(Week::parse("2026-W11").unwrap()), to: Some(Week::parse("2026-03-15").unwrap()), ..all(5) };
     let r = Report::compute(&rs, &questions(), &[], &q);
     // 2026-03-15 is the Sunday of W11: W10 and W12 are out.
     assert_eq!(r.total.cases, 5);
@@ -223,7 +224,8 @@ fn the_default_questionnaire_wires_up_every_monitor_figure() {
 
 #[test]
 fn configured_monitor_figures_are_checked() {
-    let base = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml")).unwrap();
+    let base =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml")).unwrap();
     let base = base.replace("min_count = 5", "min_count = 10");
     let bad = format!(
         "{base}\n[[stats.monitor]]\nid = \"x\"\nlabel = \"X\"\nquestion = \"age\"\nchoices = [\"under_12\"]\n[[stats.monitor]]\nid = \"y\"\nlabel = \"Y\"\nquestion = \"shoe_size\"\nchoices = [\"42\"]\n"
