@@ -12,7 +12,13 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::desk::Setup;
+use crate::hours::Hours;
+use crate::intake::Settings;
+use crate::intake::questionnaire::{Question, QuestionKind};
 use crate::intake::text::{self, TextKey};
+use crate::outcome::stats::{MonitorFigure, default_monitor_for};
+use crate::routing::Policy;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -143,37 +149,6 @@ fn default_true() -> bool {
     true
 }
 
-/// One question of the intake.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Question {
-    pub id: String,
-    pub kind: QuestionKind,
-    /// Prompt per language code.
-    pub prompt: BTreeMap<String, String>,
-    #[serde(default)]
-    pub choices: Vec<Choice>,
-    /// Choice ids that make the case urgent (e.g. "not safe right now").
-    #[serde(default)]
-    pub urgent_choices: Vec<String>,
-}
-
-/// Whether a question is answered from a list or in the visitor's own words.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QuestionKind {
-    Choice,
-    Text,
-}
-
-/// One answer of a choice question.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Choice {
-    pub id: String,
-    pub label: BTreeMap<String, String>,
-}
-
 /// `[safety]`: the emergency number and keywords.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,35 +245,6 @@ fn default_min_count() -> u32 {
     5
 }
 
-/// One figure of the monitor: the share of cases whose answer to `question`
-/// is one of `choices`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MonitorFigure {
-    pub id: String,
-    pub label: String,
-    pub question: String,
-    pub choices: Vec<String>,
-}
-
-/// The figures a national monitor asks for, wired to the question and
-/// choice ids of the default questionnaire in `config.example.toml`.
-pub fn default_monitor() -> Vec<MonitorFigure> {
-    let f = |id: &str, label: &str, q: &str, c: &[&str]| MonitorFigure {
-        id: id.into(),
-        label: label.into(),
-        question: q.into(),
-        choices: c.iter().map(|s| s.to_string()).collect(),
-    };
-    vec![
-        f("minors", "Minors (under 18)", "age", &["under_15", "15_17"]),
-        f("under_15", "Under 15", "age", &["under_15"]),
-        f("still_exploited", "Still being exploited", "ongoing", &["yes"]),
-        f("several_perpetrators", "More than one perpetrator", "perpetrators", &["more"]),
-        f("for_themselves", "Reached out for themselves", "for_whom", &["self"]),
-    ]
-}
-
 /// `[metrics]`: the optional Prometheus listener.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -386,16 +332,43 @@ impl Config {
     /// naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut p = Vec::new();
-        if !(self.matrix.homeserver_url.starts_with("http://") || self.matrix.homeserver_url.starts_with("https://")) {
+        self.validate_matrix(&mut p);
+        self.validate_staff(&mut p);
+        self.validate_hours(&mut p);
+        self.validate_intake(&mut p);
+        self.validate_safety(&mut p);
+        self.validate_outcomes(&mut p);
+        p.extend(self.validate_stats());
+        self.validate_rest(&mut p);
+        p
+    }
+
+    fn validate_matrix(&self, p: &mut Vec<String>) {
+        let m = &self.matrix;
+        if !(m.homeserver_url.starts_with("http://") || m.homeserver_url.starts_with("https://")) {
             p.push("key `matrix.homeserver_url`: expected an http:// or https:// URL".into());
         }
-        if !is_user_id(&self.matrix.user_id) {
+        if !is_user_id(&m.user_id) {
             p.push("key `matrix.user_id`: expected a full user id like @intake:example.org".into());
         }
-        if !self.staff.room.starts_with('!') || self.staff.room.len() < 2 {
+        if let Some(n) = &m.display_name {
+            if n.trim().is_empty() || n.chars().count() > 100 {
+                p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
+            }
+        }
+        if let Some(f) = &m.avatar_file {
+            if avatar_mime(f).is_none() {
+                p.push("key `matrix.avatar_file`: expected a .png, .jpg, .jpeg, .gif or .webp file".into());
+            }
+        }
+    }
+
+    fn validate_staff(&self, p: &mut Vec<String>) {
+        let s = &self.staff;
+        if !s.room.starts_with('!') || s.room.len() < 2 {
             p.push("key `staff.room`: expected a room id starting with `!`".into());
         }
-        for (i, c) in self.staff.counsellors.iter().enumerate() {
+        for (i, c) in s.counsellors.iter().enumerate() {
             if !is_user_id(c) {
                 p.push(format!("key `staff.counsellors[{i}]`: expected a full user id like @name:example.org"));
             }
@@ -403,28 +376,30 @@ impl Config {
                 p.push(format!("key `staff.counsellors[{i}]`: the bot cannot be its own counsellor"));
             }
         }
-        if self.staff.max_active_per_counsellor == 0 {
+        if s.max_active_per_counsellor == 0 {
             p.push("key `staff.max_active_per_counsellor`: expected at least 1".into());
         }
-        if self.staff.wait_alert_secs == 0 {
+        if s.wait_alert_secs == 0 {
             p.push("key `staff.wait_alert_secs`: expected at least 1 second".into());
         }
-        if self.staff.accept_timeout_secs == 0 {
+        if s.accept_timeout_secs == 0 {
             p.push("key `staff.accept_timeout_secs`: expected at least 1 second".into());
         }
-        if let Some(h) = &self.hours {
-            if h.timezone.parse::<chrono_tz::Tz>().is_err() {
-                p.push(format!(
-                    "key `hours.timezone`: `{}` is not an IANA time zone like Europe/Amsterdam",
-                    h.timezone
-                ));
-            }
-            for (i, r) in h.open.iter().enumerate() {
-                if let Err(e) = crate::hours::parse_range(r) {
-                    p.push(format!("key `hours.open[{i}]`: {e}"));
-                }
+    }
+
+    fn validate_hours(&self, p: &mut Vec<String>) {
+        let Some(h) = &self.hours else { return };
+        if h.timezone.parse::<chrono_tz::Tz>().is_err() {
+            p.push(format!("key `hours.timezone`: `{}` is not an IANA time zone like Europe/Amsterdam", h.timezone));
+        }
+        for (i, r) in h.open.iter().enumerate() {
+            if let Err(e) = crate::hours::parse_range(r) {
+                p.push(format!("key `hours.open[{i}]`: {e}"));
             }
         }
+    }
+
+    fn validate_intake(&self, p: &mut Vec<String>) {
         let langs = &self.intake.languages;
         if langs.is_empty() {
             p.push("key `intake.languages`: expected at least one language code".into());
@@ -446,43 +421,11 @@ impl Config {
             } else if !ids.insert(q.id.as_str()) {
                 p.push(format!("key `{key}.id`: duplicate question id `{}`", q.id));
             }
-            for l in langs {
-                if q.prompt.get(l).is_none_or(|s| s.trim().is_empty()) {
-                    p.push(format!("key `{key}.prompt.{l}`: missing prompt for language `{l}`"));
-                }
-            }
-            match q.kind {
-                QuestionKind::Choice if q.choices.is_empty() => {
-                    p.push(format!("key `{key}.choices`: a choice question needs at least one choice"))
-                }
-                QuestionKind::Text if !q.choices.is_empty() => {
-                    p.push(format!("key `{key}.choices`: a text question takes no choices"))
-                }
-                _ => {}
-            }
-            let mut cids = BTreeSet::new();
-            for (ci, c) in q.choices.iter().enumerate() {
-                let ckey = format!("{key}.choices[{ci}]");
-                if c.id.trim().is_empty() {
-                    p.push(format!("key `{ckey}.id`: must not be empty"));
-                } else if !cids.insert(c.id.as_str()) {
-                    p.push(format!("key `{ckey}.id`: duplicate choice id `{}`", c.id));
-                }
-                if matches!(c.id.as_str(), "skipped" | "answered") {
-                    p.push(format!("key `{ckey}.id`: `{}` is reserved", c.id));
-                }
-                for l in langs {
-                    if c.label.get(l).is_none_or(|s| s.trim().is_empty()) {
-                        p.push(format!("key `{ckey}.label.{l}`: missing label for language `{l}`"));
-                    }
-                }
-            }
-            for (ui, u) in q.urgent_choices.iter().enumerate() {
-                if !cids.contains(u.as_str()) {
-                    p.push(format!("key `{key}.urgent_choices[{ui}]`: `{u}` is not a choice id of this question"));
-                }
-            }
+            validate_question(q, &key, langs, p);
         }
+    }
+
+    fn validate_safety(&self, p: &mut Vec<String>) {
         if self.safety.emergency_number.trim().is_empty() {
             p.push("key `safety.emergency_number`: must not be empty".into());
         }
@@ -493,6 +436,9 @@ impl Config {
                 }
             }
         }
+    }
+
+    fn validate_outcomes(&self, p: &mut Vec<String>) {
         if self.outcomes.tags.is_empty() {
             p.push("key `outcomes.tags`: expected at least one tag".into());
         }
@@ -507,20 +453,13 @@ impl Config {
                 p.push(format!("key `outcomes.tags[{i}]`: `{t}` is reserved for the bot"));
             }
         }
-        p.extend(self.validate_stats());
+    }
+
+    /// `[metrics]`, `[privacy]` and `[texts]`.
+    fn validate_rest(&self, p: &mut Vec<String>) {
         if let Some(l) = &self.metrics.listen {
             if l.parse::<std::net::SocketAddr>().is_err() {
                 p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100"));
-            }
-        }
-        if let Some(n) = &self.matrix.display_name {
-            if n.trim().is_empty() || n.chars().count() > 100 {
-                p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
-            }
-        }
-        if let Some(f) = &self.matrix.avatar_file {
-            if avatar_mime(f).is_none() {
-                p.push("key `matrix.avatar_file`: expected a .png, .jpg, .jpeg, .gif or .webp file".into());
             }
         }
         if self.privacy.in_progress_retention_hours == 0 {
@@ -536,7 +475,47 @@ impl Config {
                 }
             }
         }
-        p
+    }
+}
+
+/// The checks of one question (`key` is its dotted path): prompts and
+/// labels in every language, choices that fit its kind, unique choice ids.
+fn validate_question(q: &Question, key: &str, langs: &[String], p: &mut Vec<String>) {
+    for l in langs {
+        if q.prompt.get(l).is_none_or(|s| s.trim().is_empty()) {
+            p.push(format!("key `{key}.prompt.{l}`: missing prompt for language `{l}`"));
+        }
+    }
+    match q.kind {
+        QuestionKind::Choice if q.choices.is_empty() => {
+            p.push(format!("key `{key}.choices`: a choice question needs at least one choice"))
+        }
+        QuestionKind::Text if !q.choices.is_empty() => {
+            p.push(format!("key `{key}.choices`: a text question takes no choices"))
+        }
+        _ => {}
+    }
+    let mut cids = BTreeSet::new();
+    for (ci, c) in q.choices.iter().enumerate() {
+        let ckey = format!("{key}.choices[{ci}]");
+        if c.id.trim().is_empty() {
+            p.push(format!("key `{ckey}.id`: must not be empty"));
+        } else if !cids.insert(c.id.as_str()) {
+            p.push(format!("key `{ckey}.id`: duplicate choice id `{}`", c.id));
+        }
+        if matches!(c.id.as_str(), "skipped" | "answered") {
+            p.push(format!("key `{ckey}.id`: `{}` is reserved", c.id));
+        }
+        for l in langs {
+            if c.label.get(l).is_none_or(|s| s.trim().is_empty()) {
+                p.push(format!("key `{ckey}.label.{l}`: missing label for language `{l}`"));
+            }
+        }
+    }
+    for (ui, u) in q.urgent_choices.iter().enumerate() {
+        if !cids.contains(u.as_str()) {
+            p.push(format!("key `{key}.urgent_choices[{ui}]`: `{u}` is not a choice id of this question"));
+        }
     }
 }
 
@@ -574,17 +553,36 @@ impl Config {
     pub fn monitor_figures(&self) -> Vec<MonitorFigure> {
         match &self.stats.monitor {
             Some(f) => f.clone(),
-            None => default_monitor()
-                .into_iter()
-                .filter(|f| {
-                    self.intake.questions.iter().any(|q| {
-                        q.id == f.question
-                            && q.kind == QuestionKind::Choice
-                            && f.choices.iter().all(|c| q.choices.iter().any(|x| &x.id == c))
-                    })
-                })
-                .collect(),
+            None => default_monitor_for(&self.intake.questions),
         }
+    }
+
+    /// The conversation engine's settings.
+    pub fn settings(&self) -> Settings {
+        Settings::new(
+            self.intake.languages.clone(),
+            self.intake.questions.clone(),
+            self.texts.clone(),
+            self.safety.emergency_number.clone(),
+            &self.safety.emergency_keywords,
+            self.outcomes.tags.clone(),
+        )
+    }
+
+    /// What the desk is made of: settings, routing policy, opening hours.
+    /// Fails only on a config that [`Config::validate`] would reject.
+    pub fn desk_setup(&self) -> Result<Setup, String> {
+        let secs = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let policy = Policy {
+            max_active: self.staff.max_active_per_counsellor,
+            accept_timeout_secs: secs(self.staff.accept_timeout_secs),
+            wait_alert_secs: secs(self.staff.wait_alert_secs),
+        };
+        let hours = match &self.hours {
+            Some(h) => Some(Hours::new(&h.timezone, &h.open).map_err(|e| format!("key `hours`: {e}"))?),
+            None => None,
+        };
+        Ok(Setup { settings: self.settings(), policy, hours })
     }
 }
 
@@ -746,5 +744,33 @@ choices = [ { id = "a", label = { en = "A" } } ]
         std::fs::write(&f, "[matrix]\nuser_id = 3\n").unwrap();
         let e = Config::load(&f).unwrap_err().to_string();
         assert!(e.contains("bot.toml") && e.contains("matrix"), "{e}");
+    }
+
+    #[test]
+    fn the_default_questionnaire_wires_up_every_monitor_figure() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let c = Config::load(&path).unwrap();
+        let ids: Vec<String> = c.monitor_figures().into_iter().map(|f| f.id).collect();
+        assert_eq!(ids, ["minors", "under_15", "still_exploited", "several_perpetrators", "for_themselves"]);
+        // A questionnaire without an age question drops the age figures.
+        let mut c = c;
+        c.intake.questions.retain(|q| q.id != "age");
+        assert!(c.monitor_figures().iter().all(|f| f.question != "age"));
+    }
+
+    #[test]
+    fn configured_monitor_figures_are_checked() {
+        let base =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+                .unwrap();
+        let base = base.replace("min_count = 5", "min_count = 10");
+        let bad = format!(
+            "{base}\n[[stats.monitor]]\nid = \"x\"\nlabel = \"X\"\nquestion = \"age\"\nchoices = [\"under_12\"]\n[[stats.monitor]]\nid = \"y\"\nlabel = \"Y\"\nquestion = \"shoe_size\"\nchoices = [\"42\"]\n"
+        );
+        let c = Config::parse(&bad).unwrap();
+        let p = c.validate();
+        assert!(p.iter().any(|l| l.contains("`stats.monitor[0].choices[0]`") && l.contains("under_12")), "{p:?}");
+        assert!(p.iter().any(|l| l.contains("`stats.monitor[1].question`") && l.contains("shoe_size")), "{p:?}");
+        assert_eq!(c.stats.min_count, 10);
     }
 }

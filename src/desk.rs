@@ -153,15 +153,23 @@ pub struct Desk {
     tally: Tally,
 }
 
+/// What a desk is made of besides its state: the engine's settings, the
+/// routing policy and the opening hours (none: always open). The config
+/// builds it (`Config::desk_setup`), so the core never reads the config.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    /// The engine's settings.
+    pub settings: Settings,
+    /// Capacity and deadlines of routing.
+    pub policy: Policy,
+    /// Opening hours; `None` is always open.
+    pub hours: Option<Hours>,
+}
+
 impl Desk {
     /// A desk with restored cases and routing state.
-    pub fn new(
-        settings: Settings,
-        policy: Policy,
-        hours: Option<Hours>,
-        cases: BTreeMap<String, Case>,
-        router: Router,
-    ) -> Desk {
+    pub fn new(setup: Setup, cases: BTreeMap<String, Case>, router: Router) -> Desk {
+        let Setup { settings, policy, hours } = setup;
         Desk { settings, policy, hours, cases, router, tally: Tally::default() }
     }
 

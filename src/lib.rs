@@ -1,14 +1,43 @@
 //! intake-bot: an end-to-end-encrypted Matrix bot that does the intake of
 //! an anonymous helpline and hands each case to a counsellor.
+//!
+//! # Layout
+//!
+//! A pure core, a thin Matrix edge, a small store (see
+//! `docs/architecture.md` for the path of one event through them).
+//!
+//! The pure core takes inputs (events and the time) and returns effects;
+//! it never touches the network, the disk or the clock, and never reads
+//! the config (the config builds its settings):
+//! - [`intake`]: the conversation engine of one case, its questionnaire
+//!   types and its texts;
+//! - [`routing`]: roster, availability, capacity, queue, offer deadlines;
+//! - [`desk`]: every open case plus routing as one state machine, events
+//!   in, actions out;
+//! - [`hours`]: opening hours in an IANA time zone;
+//! - [`outcome`]: the outcome record, statistics and export formats.
+//!
+//! The edge:
+//! - [`config`]: the TOML schema, defaults, validation with key-precise
+//!   errors, secrets; builds the core's settings;
+//! - [`store`]: sled: cases in progress, routing state, outcomes; schema
+//!   version;
+//! - [`matrix`]: login, sync, handlers, and the worker that owns the desk;
+//! - [`metrics`]: counters, gauges, and the `/metrics` and `/healthz`
+//!   listener;
+//! - [`logging`]: tracing set up so that no id or message text reaches a
+//!   log line;
+//! - [`clock`]: the one place the wall clock is read.
 #![recursion_limit = "256"]
 
-pub mod config; // TOML schema, defaults, validation with key-precise errors, secrets
-pub mod desk; // pure: all open cases plus routing, events in, actions out
-pub mod hours; // pure: opening hours in an IANA time zone
-pub mod intake; // pure: the conversation engine of one case, and its texts
-pub mod logging; // tracing setup that keeps the SDK's id-bearing lines out
-pub mod matrix; // the Matrix edge: login, sync, handlers, the worker
-pub mod metrics; // counters and gauges, Prometheus text, the /metrics and /healthz listener
-pub mod outcome; // the outcome record, statistics and export formats
-pub mod routing; // pure: roster, capacity, queue, offer deadlines
-pub mod store; // sled: cases in progress, routing state, outcomes; schema version
+pub mod clock;
+pub mod config;
+pub mod desk;
+pub mod hours;
+pub mod intake;
+pub mod logging;
+pub mod matrix;
+pub mod metrics;
+pub mod outcome;
+pub mod routing;
+pub mod store;

@@ -12,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use tracing::{debug, info, warn};
+
+use crate::clock::unix_now as now;
 
 /// Upper bounds (seconds) of the wait-time histogram's buckets.
 pub const WAIT_BUCKETS_SECS: &[u64] = &[30, 60, 120, 300, 600, 900, 1800, 3600];
@@ -51,10 +52,6 @@ pub struct Metrics {
     /// Unix time of the last successful sync; 0 before the first.
     last_sync_ok: AtomicI64,
     sync_failing: AtomicBool,
-}
-
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Metrics {

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Datelike};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Question;
+use crate::intake::questionnaire::Question;
 use crate::intake::{Case, Settings};
 
 /// Outcome tags the bot itself sets; counsellors use the configured tags.

@@ -1,18 +1,15 @@
 //! Whole cases through the pure desk, without a homeserver.
 
 use super::*;
-use crate::config::Config;
+use crate::intake::testing::settings_with;
 
 const A: &str = "@a:x";
 const B: &str = "@b:x";
 
 fn desk() -> Desk {
-    let mut c = Config::parse(include_str!("../../config.example.toml")).unwrap();
-    c.intake.languages = vec!["en".into()];
-    c.staff.counsellors = vec![A.into(), B.into()];
-    let settings = Settings::from_config(&c);
+    let settings = settings_with(&["en"]);
     let policy = Policy { max_active: 1, accept_timeout_secs: 60, wait_alert_secs: 600 };
-    Desk::new(settings, policy, None, BTreeMap::new(), Router::new(&c.staff.counsellors))
+    Desk::new(Setup { settings, policy, hours: None }, BTreeMap::new(), Router::new(&[A.into(), B.into()]))
 }
 
 fn text(key: &str, t: &str) -> Event {
@@ -271,7 +268,8 @@ fn a_crash_while_closing_finishes_the_goodbye_on_restart() {
     };
     let mut cases = BTreeMap::new();
     cases.insert("k".to_string(), (**case).clone());
-    let mut restarted = Desk::new(d.settings.clone(), d.policy, None, cases, d.router.clone());
+    let mut restarted =
+        Desk::new(Setup { settings: d.settings.clone(), policy: d.policy, hours: None }, cases, d.router.clone());
     // Visitor input to a closing case is ignored.
     assert!(restarted.handle(4, text("k", "hello")).is_empty());
     let out = restarted.finish_closing(5);
@@ -393,7 +391,7 @@ fn random_event_sequences_never_panic_or_break_invariants() {
                     .map(|(k, c)| (k.clone(), serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap()))
                     .collect();
                 let router = serde_json::from_str(&serde_json::to_string(&d.router).unwrap()).unwrap();
-                d = Desk::new(d.settings.clone(), d.policy, None, cases, router);
+                d = Desk::new(Setup { settings: d.settings.clone(), policy: d.policy, hours: None }, cases, router);
                 let fin = d.finish_closing(now);
                 assert!(fin.is_empty());
                 check_invariants(&d);

@@ -5,13 +5,14 @@
 //! turns messages into [`Input`]s and effects into calls, which keeps every
 //! transition testable without a homeserver.
 
+pub mod questionnaire;
 pub mod text;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, Question, QuestionKind};
+pub use questionnaire::{Choice, Question, QuestionKind};
 use text::{TextKey, Texts, fold};
 
 /// Longest message the engine reads; longer ones get a kind "keep it short".
@@ -42,17 +43,29 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Prepares the engine's view of a validated config.
-    pub fn from_config(c: &Config) -> Settings {
+    /// Prepares the engine's settings from a validated configuration:
+    /// `overrides` are `[texts]`, `keywords` the configured emergency
+    /// keywords per language (languages without a list use the built-in
+    /// one).
+    pub fn new(
+        languages: Vec<String>,
+        questions: Vec<Question>,
+        overrides: BTreeMap<String, BTreeMap<String, String>>,
+        emergency_number: String,
+        keywords: &BTreeMap<String, Vec<String>>,
+        tags: Vec<String>,
+    ) -> Settings {
         let mut phrases: Vec<String> = Vec::new();
-        for lang in &c.intake.languages {
-            match c.safety.emergency_keywords.get(lang) {
+        for lang in &languages {
+            match keywords.get(lang) {
                 Some(list) => phrases.extend(list.iter().map(|w| fold(w))),
                 None => phrases.extend(text::default_emergency_keywords(lang).iter().map(|w| fold(w))),
             }
         }
-        for (lang, list) in &c.safety.emergency_keywords {
-            if !c.intake.languages.contains(lang) {
+        // A language's keywords count even where the language is not
+        // offered: a visitor may write in it anyway.
+        for (lang, list) in keywords {
+            if !languages.contains(lang) {
                 phrases.extend(list.iter().map(|w| fold(w)));
             }
         }
@@ -60,12 +73,12 @@ impl Settings {
         phrases.sort();
         phrases.dedup();
         Settings {
-            languages: c.intake.languages.clone(),
-            questions: c.intake.questions.clone(),
-            texts: Texts::new(c.texts.clone()),
-            emergency_number: c.safety.emergency_number.clone(),
+            languages,
+            questions,
+            texts: Texts::new(overrides),
+            emergency_number,
             emergency_phrases: phrases,
-            tags: c.outcomes.tags.clone(),
+            tags,
         }
     }
 
@@ -493,13 +506,12 @@ pub fn pick_choice(q: &Question, folded: &str) -> Option<usize> {
 /// and the hint.
 pub fn question_text(s: &Settings, lang: &str, i: usize) -> String {
     let q = &s.questions[i];
-    let prompt = q.prompt.get(lang).or_else(|| q.prompt.values().next()).map_or("", String::as_str);
+    let prompt = q.prompt_in(lang);
     let mut out = format!("({}/{}) {}", i + 1, s.questions.len(), prompt);
     match q.kind {
         QuestionKind::Choice => {
             for (n, c) in q.choices.iter().enumerate() {
-                let label = c.label.get(lang).or_else(|| c.label.values().next()).map_or("", String::as_str);
-                out.push_str(&format!("\n{}. {}", n + 1, label));
+                out.push_str(&format!("\n{}. {}", n + 1, c.label_in(lang)));
             }
             out.push('\n');
             out.push_str(&s.say(lang, TextKey::HintChoice, &[]));
@@ -537,7 +549,7 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
     plain.push_str(&format!("\n{language}"));
     html.push_str(&format!("<br>{}</p><ul>", esc(&language)));
     for q in &s.questions {
-        let prompt = q.prompt.get(lang).or_else(|| q.prompt.values().next()).map_or("", String::as_str);
+        let prompt = q.prompt_in(lang);
         let answer = match case.answers.get(&q.id) {
             None => "-".to_owned(),
             Some(Answer::Skipped) => s.say(lang, TextKey::SummarySkipped, &[]),
@@ -545,12 +557,7 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
                 Some(t) => format!("\"{t}\""),
                 None => "(answered; the text was not kept after a restart)".to_owned(),
             },
-            Some(Answer::Choice(id)) => q
-                .choices
-                .iter()
-                .find(|c| &c.id == id)
-                .map(|c| c.label.get(lang).or_else(|| c.label.values().next()).cloned().unwrap_or_default())
-                .unwrap_or_else(|| id.clone()),
+            Some(Answer::Choice(id)) => q.choice(id).map_or_else(|| id.clone(), |c| c.label_in(lang).to_owned()),
         };
         plain.push_str(&format!("\n- {prompt} {answer}"));
         html.push_str(&format!("<li>{}<br><strong>{}</strong></li>", esc(prompt), esc(&answer)));
@@ -572,5 +579,7 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
     Rich { plain, html }
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;

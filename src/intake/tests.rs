@@ -1,13 +1,7 @@
 //! Every transition of the engine, without a homeserver.
 
+use super::testing::{example_questions, settings_with};
 use super::*;
-use crate::config::Config;
-
-fn settings_with(langs: &[&str]) -> Settings {
-    let mut c = Config::parse(include_str!("../../config.example.toml")).expect("example config parses");
-    c.intake.languages = langs.iter().map(|s| s.to_string()).collect();
-    Settings::from_config(&c)
-}
 
 fn says(fx: &[Effect]) -> Vec<&str> {
     fx.iter()
@@ -162,11 +156,8 @@ fn emergency_keyword_anywhere_keeps_question_open() {
 
 #[test]
 fn configured_keywords_replace_builtins() {
-    let mut cfg = Config::parse(include_str!("../../config.example.toml")).unwrap();
-    cfg.intake.languages = vec!["en".into()];
-    cfg.safety.emergency_number = "113".into();
-    cfg.safety.emergency_keywords.insert("en".into(), vec!["Red Alert".into()]);
-    let s = Settings::from_config(&cfg);
+    let keywords = [("en".to_string(), vec!["Red Alert".to_string()])].into();
+    let s = Settings::new(vec!["en".into()], example_questions(), BTreeMap::new(), "113".into(), &keywords, vec![]);
     let (mut c, _) = Case::start(&s, "x".into(), 0);
     let fx = c.handle(&s, 1, Input::Text("red-alert now"));
     assert!(fx.contains(&Effect::BecameUrgent));
@@ -197,18 +188,16 @@ fn full_intake_with_urgent_choice() {
 }
 
 fn text_question_settings() -> Settings {
-    let mut cfg = Config::parse(include_str!("../../config.example.toml")).unwrap();
-    cfg.intake.languages = vec!["en".into()];
-    cfg.intake.questions.truncate(1);
-    cfg.intake.questions.push(crate::config::Question {
+    let mut questions = example_questions();
+    questions.truncate(1);
+    questions.push(Question {
         id: "story".into(),
         kind: QuestionKind::Text,
         prompt: [("en".to_string(), "Tell us more?".to_string())].into(),
         choices: vec![],
         urgent_choices: vec![],
     });
-    assert!(cfg.validate().is_empty());
-    Settings::from_config(&cfg)
+    super::testing::settings_from(&["en"], questions, &BTreeMap::new())
 }
 
 #[test]

@@ -14,10 +14,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use chrono::{Datelike, NaiveDate, Weekday};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{OutcomeRecord, WAIT_BUCKETS, tags};
-use crate::config::{MonitorFigure, Question, QuestionKind};
+use crate::intake::questionnaire::{Question, QuestionKind};
 
 /// An ISO week, ordered in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,6 +57,52 @@ impl std::fmt::Display for Week {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-W{:02}", self.year, self.week)
     }
+}
+
+/// One figure of the monitor: the share of cases whose answer to `question`
+/// is one of `choices`. Configured as `[[stats.monitor]]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MonitorFigure {
+    /// Stable id, the key in `stats --json`.
+    pub id: String,
+    /// What the figure is called in the text report.
+    pub label: String,
+    /// The id of the choice question it counts.
+    pub question: String,
+    /// The choice ids that count towards the share.
+    pub choices: Vec<String>,
+}
+
+/// The figures a national monitor asks for, wired to the question and
+/// choice ids of the default questionnaire in `config.example.toml`.
+pub fn default_monitor() -> Vec<MonitorFigure> {
+    let f = |id: &str, label: &str, q: &str, c: &[&str]| MonitorFigure {
+        id: id.into(),
+        label: label.into(),
+        question: q.into(),
+        choices: c.iter().map(|s| s.to_string()).collect(),
+    };
+    vec![
+        f("minors", "Minors (under 18)", "age", &["under_15", "15_17"]),
+        f("under_15", "Under 15", "age", &["under_15"]),
+        f("still_exploited", "Still being exploited", "ongoing", &["yes"]),
+        f("several_perpetrators", "More than one perpetrator", "perpetrators", &["more"]),
+        f("for_themselves", "Reached out for themselves", "for_whom", &["self"]),
+    ]
+}
+
+/// The built-in figures that `questions` can answer: those whose question
+/// is a choice question with all of the figure's choices.
+pub fn default_monitor_for(questions: &[Question]) -> Vec<MonitorFigure> {
+    default_monitor()
+        .into_iter()
+        .filter(|f| {
+            questions.iter().any(|q| {
+                q.id == f.question && q.kind == QuestionKind::Choice && f.choices.iter().all(|c| q.choice(c).is_some())
+            })
+        })
+        .collect()
 }
 
 /// How the report is split over time.
@@ -350,16 +396,13 @@ fn write_section(out: &mut String, s: &Section, questions: &[Question], lang: &s
     }
     for (qid, counts) in &s.answers {
         let q = questions.iter().find(|q| &q.id == qid);
-        let title = q.and_then(|q| q.prompt.get(lang).or_else(|| q.prompt.values().next())).cloned();
+        let title = q.map(|q| q.prompt_in(lang));
         let _ = writeln!(out, "\n{qid}{}", title.map(|t| format!(" ({t})")).unwrap_or_default());
         // Shares of a question are of all cases in the section, so skipped
         // and unanswered are part of the picture rather than hidden in it.
         for (a, n) in counts {
-            let label = q
-                .and_then(|q| q.choices.iter().find(|c| &c.id == a))
-                .and_then(|c| c.label.get(lang).or_else(|| c.label.values().next()))
-                .map(|l| format!("{a} ({l})"))
-                .unwrap_or_else(|| a.clone());
+            let label =
+                q.and_then(|q| q.choice(a)).map(|c| format!("{a} ({})", c.label_in(lang))).unwrap_or_else(|| a.clone());
             let _ = writeln!(out, "  {label:<36} {:>6}  {}", cell(*n, min), pct(*n, s.cases));
         }
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Choice, Config, default_monitor};
+use crate::intake::questionnaire::Choice;
 
 fn rec(week: &str, outcome: &str, answers: &[(&str, &str)]) -> OutcomeRecord {
     OutcomeRecord {
@@ -208,31 +208,4 @@ fn median_wait_bucket() {
     // Sorted: <1m <1m <1m 1-5m 5-15m 5-15m >1h; the middle one is 1-5m.
     let r = Report::compute(&rs, &questions(), &[], &all(5));
     assert_eq!(r.total.median_wait.as_deref(), Some("1-5m"));
-}
-
-#[test]
-fn the_default_questionnaire_wires_up_every_monitor_figure() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
-    let c = Config::load(&path).unwrap();
-    let ids: Vec<String> = c.monitor_figures().into_iter().map(|f| f.id).collect();
-    assert_eq!(ids, ["minors", "under_15", "still_exploited", "several_perpetrators", "for_themselves"]);
-    // A questionnaire without an age question drops the age figures.
-    let mut c = c;
-    c.intake.questions.retain(|q| q.id != "age");
-    assert!(c.monitor_figures().iter().all(|f| f.question != "age"));
-}
-
-#[test]
-fn configured_monitor_figures_are_checked() {
-    let base =
-        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml")).unwrap();
-    let base = base.replace("min_count = 5", "min_count = 10");
-    let bad = format!(
-        "{base}\n[[stats.monitor]]\nid = \"x\"\nlabel = \"X\"\nquestion = \"age\"\nchoices = [\"under_12\"]\n[[stats.monitor]]\nid = \"y\"\nlabel = \"Y\"\nquestion = \"shoe_size\"\nchoices = [\"42\"]\n"
-    );
-    let c = Config::parse(&bad).unwrap();
-    let p = c.validate();
-    assert!(p.iter().any(|l| l.contains("`stats.monitor[0].choices[0]`") && l.contains("under_12")), "{p:?}");
-    assert!(p.iter().any(|l| l.contains("`stats.monitor[1].question`") && l.contains("shoe_size")), "{p:?}");
-    assert_eq!(c.stats.min_count, 10);
 }

@@ -1,0 +1,438 @@
+//! The worker: one task that owns the desk and the store, feeds them the
+//! events the handlers send, fires timers, and carries out the desk's
+//! actions on Matrix in order.
+//!
+//! One task means one writer: the desk's state and the store never race,
+//! and each room's messages go out in the order the desk decided them.
+//! Its parts, each in a file of its own:
+//! - this file: the event loop, the desk's actions, the store commit;
+//! - [`outbox`]: what goes out, one ordered sender per room;
+//! - [`admission`]: joining and checking a new visitor room;
+//! - [`backfill`]: after a restart, the messages missed while down.
+
+mod admission;
+mod backfill;
+mod outbox;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
+use matrix_sdk::{Client, Room};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, instrument, warn};
+
+use super::gate::SendGate;
+use super::purge::Purger;
+use super::{Body, Inbound, JoinWatch, MemberChange};
+use crate::clock::unix_now as now;
+use crate::config::{Config, Secrets};
+use crate::desk::{Action, Desk, Event, VisitorInput};
+use crate::intake::text::TextKey;
+use crate::metrics::{Gauges, Metrics};
+use crate::outcome::OutcomeRecord;
+use crate::store::{RoomKeyer, Store};
+use admission::{Verdict, visitors_in};
+use outbox::{Job, Target, coalesce, spawn_sender, staff_notice};
+
+/// Most events handled between two store flushes.
+const BATCH: usize = 64;
+
+/// How often cases past the retention limit are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// What the worker shares with the rest of the Matrix edge.
+pub struct Parts {
+    /// The bot's own store (cases in progress, routing, records).
+    pub store: Store,
+    /// The logged-in client.
+    pub client: Client,
+    /// The staff room, from `staff.room`.
+    pub staff_room_id: OwnedRoomId,
+    /// Counters and gauges for `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Tells admission when a joined room has been through a whole sync.
+    pub joins: Arc<JoinWatch>,
+    /// Holds messages while the sync loop handles a response.
+    pub gate: Arc<SendGate>,
+}
+
+/// The desk's owner.
+pub struct Worker {
+    desk: Desk,
+    store: Store,
+    client: Client,
+    keyer: RoomKeyer,
+    staff_room_id: OwnedRoomId,
+    /// The staff room's ordered sender, once joined.
+    staff: Option<mpsc::UnboundedSender<Job>>,
+    /// Each case room's ordered sender.
+    outbox: HashMap<String, mpsc::UnboundedSender<Job>>,
+    /// The sender tasks, to let them finish on shutdown.
+    senders: Vec<tokio::task::JoinHandle<()>>,
+    /// Visible jobs waiting for the next commit.
+    pending: Vec<(Target, Job)>,
+    /// Whether the store has writes not yet flushed.
+    dirty: bool,
+    /// Rooms being joined and checked (by case key), in memory only.
+    preparing: HashSet<String>,
+    /// Case key -> room, in memory only.
+    rooms: HashMap<String, Room>,
+    /// Staff notices waiting for the staff room.
+    pending_staff: Vec<Job>,
+    retention_secs: i64,
+    require_encryption: bool,
+    counsellors: Vec<OwnedUserId>,
+    purger: Option<Purger>,
+    prepared_tx: mpsc::Sender<(Room, Verdict)>,
+    prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
+    metrics: Arc<Metrics>,
+    /// `staff.room_name`; empty leaves room names alone.
+    room_name: String,
+    /// Tells `prepare` when a joined room has been through a whole sync.
+    joins: Arc<JoinWatch>,
+    /// Holds messages while the sync loop handles a response.
+    gate: Arc<SendGate>,
+}
+
+impl Worker {
+    /// Restores cases and routing from the store and maps them to the
+    /// rooms the client knows.
+    pub fn new(config: &Config, secrets: &Secrets, parts: Parts) -> Result<Worker> {
+        let Parts { store, client, staff_room_id, metrics, joins, gate } = parts;
+        let setup = config.desk_setup().map_err(anyhow::Error::msg)?;
+        let cases = store.load_cases()?;
+        let mut router = store.load_router()?.unwrap_or_default();
+        router.sync_roster(&config.staff.counsellors);
+        let keyer = RoomKeyer::from_secret(&secrets.store_passphrase);
+        let mut rooms = HashMap::new();
+        for room in client.joined_rooms() {
+            let key = keyer.key(room.room_id().as_str());
+            if cases.contains_key(&key) {
+                rooms.insert(key, room);
+            }
+        }
+        info!(cases_in_progress = cases.len(), rooms_found = rooms.len(), "state restored");
+        let counsellors = config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
+        let purger = match &config.privacy.purge_admin_token_file {
+            Some(f) => Some(Purger::new(
+                &config.matrix.homeserver_url,
+                f,
+                Duration::from_secs(config.privacy.purge_delay_secs),
+            )?),
+            None => None,
+        };
+        let (prepared_tx, prepared_rx) = mpsc::channel(64);
+        Ok(Worker {
+            desk: Desk::new(setup, cases, router),
+            store,
+            client,
+            keyer,
+            staff_room_id,
+            staff: None,
+            outbox: HashMap::new(),
+            senders: Vec::new(),
+            pending: Vec::new(),
+            dirty: false,
+            preparing: Default::default(),
+            rooms,
+            pending_staff: Vec::new(),
+            retention_secs: i64::try_from(config.privacy.in_progress_retention_hours)
+                .map_or(i64::MAX, |h| h.saturating_mul(3600)),
+            require_encryption: config.intake.require_encryption,
+            counsellors,
+            purger,
+            prepared_tx,
+            prepared_rx: Some(prepared_rx),
+            metrics,
+            room_name: config.staff.room_name.clone(),
+            joins,
+            gate,
+        })
+    }
+
+    /// Processes events until `stop` turns true, then flushes the store.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
+        let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
+        let closing = self.desk.finish_closing(now());
+        self.execute(closing).await;
+        self.commit().await;
+        self.backfill().await;
+        self.sweep().await;
+        // Deadlines that passed while the bot was down fire now.
+        self.dispatch(Event::Tick).await;
+        self.commit().await;
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.tick().await;
+        loop {
+            let wait = match self.desk.next_deadline(now()) {
+                Some(at) => Duration::from_secs((at - now()).max(0) as u64),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                msg = rx.recv() => match msg {
+                    Some(m) => {
+                        self.inbound(m).await;
+                        // Take what else has queued up: one flush for all.
+                        for _ in 0..BATCH {
+                            match rx.try_recv() {
+                                Ok(m) => self.inbound(m).await,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
+                _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
+                _ = sweep.tick() => self.sweep().await,
+            }
+            self.commit().await;
+        }
+        self.commit().await;
+        self.store.flush().await?;
+        info!("store flushed");
+        // Let messages already decided go out (goodbyes above all).
+        self.outbox.clear();
+        self.staff = None;
+        let senders = std::mem::take(&mut self.senders);
+        if tokio::time::timeout(Duration::from_secs(5), async {
+            for t in senders {
+                let _ = t.await;
+            }
+        })
+        .await
+        .is_err()
+        {
+            warn!("some messages were still being sent at shutdown");
+        }
+        Ok(())
+    }
+
+    fn is_counsellor(&self, user: &UserId) -> bool {
+        self.counsellors.iter().any(|c| c == user)
+    }
+
+    async fn inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::StaffReady(room) => {
+                let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
+                let q = spawn_sender(room, "staff".into(), self.gate.clone(), &mut self.senders);
+                let _ = q.send(staff_notice(online));
+                for job in std::mem::take(&mut self.pending_staff) {
+                    let _ = q.send(job);
+                }
+                self.staff = Some(q);
+                info!("staff room joined; online notice queued");
+            }
+            Inbound::Invited(room) => self.admit(room),
+            Inbound::Message { room, sender, body, event_id } => {
+                if room.room_id() == self.staff_room_id {
+                    if let Body::Text(text) = body {
+                        self.dispatch(Event::Staff { user: sender.to_string(), text }).await;
+                    }
+                    return;
+                }
+                let Some(key) = self.case_key(&room) else { return };
+                if !self.desk.note_event(&key, &self.keyer.key(event_id.as_str())) {
+                    debug!(case = self.desk.case_id(&key).unwrap_or("?"), "event already handled; dropped");
+                    return;
+                }
+                self.execute(vec![Action::SaveCase { key: key.clone() }]).await;
+                let event = if self.is_counsellor(&sender) {
+                    match body {
+                        Body::Text(text) => Event::CounsellorText { key, user: sender.to_string(), text },
+                        _ => return,
+                    }
+                } else {
+                    let input = match body {
+                        Body::Text(t) => VisitorInput::Text(t),
+                        Body::NonText => VisitorInput::NonText,
+                        Body::Undecryptable => VisitorInput::Undecryptable,
+                    };
+                    Event::Visitor { key, input }
+                };
+                self.dispatch(event).await;
+            }
+            Inbound::Member { room, user, change } => {
+                if room.room_id() == self.staff_room_id {
+                    return;
+                }
+                let Some(key) = self.case_key(&room) else { return };
+                let event = match (self.is_counsellor(&user), change) {
+                    (true, MemberChange::Joined) => {
+                        // The summary must be encrypted for their devices:
+                        // the room's sender fetches their keys first, so
+                        // the worker never waits on the network for it.
+                        self.pending.push((Target::Case(key.clone()), Job::RefreshKeys(user.clone())));
+                        Event::CounsellorJoined { key, user: user.to_string() }
+                    }
+                    (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
+                    (false, MemberChange::Left) => Event::VisitorLeft { key },
+                    (false, MemberChange::Joined) => {
+                        // Anyone but the visitor joining makes it a group.
+                        if visitors_in(&room, &self.counsellors).await <= 1 {
+                            return;
+                        }
+                        Event::Intruder { key }
+                    }
+                };
+                self.dispatch(event).await;
+            }
+        }
+    }
+
+    /// The case key of a room with a case in progress.
+    fn case_key(&mut self, room: &Room) -> Option<String> {
+        let key = self.keyer.key(room.room_id().as_str());
+        if !self.desk.cases.contains_key(&key) {
+            return None;
+        }
+        self.rooms.entry(key.clone()).or_insert_with(|| room.clone());
+        Some(key)
+    }
+
+    /// Ends cases kept past `privacy.in_progress_retention_hours`.
+    async fn sweep(&mut self) {
+        let t = now();
+        for key in self.desk.expired(t, self.retention_secs) {
+            info!(case = self.desk.case_id(&key).unwrap_or("?"), "case expired after the retention limit");
+            let actions = self.desk.expire(&key, t);
+            self.execute(actions).await;
+        }
+    }
+
+    async fn dispatch(&mut self, event: Event) {
+        let kind = event.kind();
+        let case = event.key().and_then(|k| self.desk.case_id(k)).map(str::to_owned);
+        let actions = self.desk.handle(now(), event);
+        if kind != "tick" || !actions.is_empty() {
+            debug!(event = kind, case = case.as_deref().unwrap_or("-"), actions = actions.len(), "handled");
+        }
+        self.execute(actions).await;
+    }
+
+    /// Carries out the desk's actions in order. Store actions run here and
+    /// now; what visitors or staff can see is held in `pending` until
+    /// [`Worker::commit`] has made the store durable, so a crash never
+    /// leaves a visible step the store does not know.
+    #[instrument(skip_all)]
+    async fn execute(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
+                Action::Brief { key, text, html } => self.pending.push((Target::Case(key), Job::Html(text, html))),
+                Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
+                Action::Invite { key, user } => match UserId::parse(user.as_str()) {
+                    Ok(uid) => {
+                        let name = (!self.room_name.is_empty())
+                            .then(|| self.room_name.replace("{case}", self.desk.case_id(&key).unwrap_or("")));
+                        self.pending.push((Target::Case(key), Job::Invite(uid, name)))
+                    }
+                    Err(_) => error!("a configured counsellor id does not parse"),
+                },
+                Action::Withdraw { key, user } => match UserId::parse(user.as_str()) {
+                    Ok(uid) => self.pending.push((Target::Case(key), Job::Withdraw(uid))),
+                    Err(_) => error!("a configured counsellor id does not parse"),
+                },
+                Action::Leave { key, case_id } => {
+                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone() }))
+                }
+                Action::SaveCase { key } => {
+                    if let Some(c) = self.desk.cases.get(&key) {
+                        if let Err(e) = self.store.save_case(&key, c) {
+                            error!(case = %c.id, error = %e, "saving the case failed");
+                        }
+                        self.dirty = true;
+                    }
+                }
+                Action::SaveRouter => {
+                    if let Err(e) = self.store.save_router(&self.desk.router) {
+                        error!(error = %e, "saving routing state failed");
+                    }
+                    self.dirty = true;
+                }
+                Action::Record(rec) => self.record(&rec).await,
+                Action::MarkClosing { key, case } => {
+                    if let Err(e) = self.store.save_case(&key, &case) {
+                        error!(case = %case.id, error = %e, "saving the closing case failed");
+                    }
+                    self.dirty = true;
+                }
+                Action::DeleteCase { key } => {
+                    if let Err(e) = self.store.delete_case(&key) {
+                        error!(error = %e, "deleting a finished case failed");
+                    }
+                    self.dirty = true;
+                }
+            }
+        }
+    }
+
+    /// Makes the store durable (once for a whole batch of events), then
+    /// hands the held visible jobs to each room's ordered sender.
+    async fn commit(&mut self) {
+        if self.dirty {
+            if let Err(e) = self.store.flush().await {
+                error!(error = %e, "flushing the store failed");
+            }
+            self.dirty = false;
+        }
+        self.update_metrics();
+        for (target, job) in coalesce(std::mem::take(&mut self.pending)) {
+            match target {
+                Target::Staff => match &self.staff {
+                    Some(q) => {
+                        let _ = q.send(job);
+                    }
+                    None => self.pending_staff.push(job),
+                },
+                Target::Case(key) => {
+                    let leaving = matches!(job, Job::Leave { .. });
+                    let case = self.case_label(&key);
+                    let Some(room) = self.rooms.get(&key).cloned() else {
+                        warn!(case = %case, "no room known for this case; nothing sent");
+                        continue;
+                    };
+                    let senders = &mut self.senders;
+                    let gate = self.gate.clone();
+                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, gate, senders));
+                    let _ = q.send(job);
+                    if leaving {
+                        self.outbox.remove(&key);
+                        self.rooms.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_metrics(&mut self) {
+        let t = self.desk.take_tally();
+        let s = self.desk.router.status();
+        let gauges = Gauges {
+            active_cases: self.desk.cases.len() as u64,
+            queue_length: s.waiting as u64,
+            counsellors_available: s.available as u64,
+        };
+        self.metrics.update(t.urgent, t.offer_timeouts, &t.waits, gauges);
+    }
+
+    fn case_label(&self, key: &str) -> String {
+        self.desk.case_id(key).unwrap_or("ended").to_owned()
+    }
+
+    async fn record(&mut self, rec: &OutcomeRecord) {
+        match self.store.record(rec).await {
+            Ok(()) => {
+                info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded");
+                self.metrics.case_ended(&rec.outcome, rec.intake_completed);
+            }
+            Err(e) => error!(case = %rec.case, error = %e, "writing the outcome record failed"),
+        }
+    }
+}
