@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! Load generator: a local Synapse, the bot (release build), N visitors on
 //! their own E2EE clients doing whole intakes at once, counsellors who
 //! accept and close; then the same visitors against a bare echo bot on the
@@ -73,7 +75,10 @@ fn main() {
     let args = parse_args();
     if std::env::var_os("INTAKE_BOT_TEST_LOG").is_none() {
         // SAFETY: single-threaded here, before the runtime starts.
-        unsafe { std::env::set_var("INTAKE_BOT_TEST_LOG", "info") };
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("INTAKE_BOT_TEST_LOG", "info");
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(run(args));

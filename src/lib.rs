@@ -30,14 +30,14 @@
 //! - [`clock`]: the one place the wall clock is read.
 #![recursion_limit = "256"]
 
-pub mod clock;
+mod clock;
 pub mod config;
-pub mod desk;
-pub mod hours;
-pub mod intake;
+mod desk;
+mod hours;
+mod intake;
 pub mod logging;
 pub mod matrix;
-pub mod metrics;
+mod metrics;
 pub mod outcome;
-pub mod routing;
+mod routing;
 pub mod store;

@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! Whole cases against a real Synapse: a visitor and counsellors on their
 //! own E2EE clients, the real `intake-bot` binary in between.
 

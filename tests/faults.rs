@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! Faults against a real Synapse: the bot killed mid-case and restarted,
 //! messages sent while it was down, a second instance on the same data.
 

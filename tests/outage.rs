@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! The homeserver goes away mid-case and comes back (own Synapse: stopping
 //! it must not disturb other tests), watched through `/metrics` and
 //! `/healthz` the way an operator's monitoring would.

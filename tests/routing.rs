@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! Routing against a real Synapse: offers that time out, the queue, and
 //! transfers.
 

@@ -1,4 +1,6 @@
 #![recursion_limit = "256"]
+// A test (or the load generator) that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
 //! Privacy and safety against a real Synapse: planted canaries never reach
 //! disk or logs, unencrypted and group rooms get no intake, emergencies and
 //! odd input are answered safely.

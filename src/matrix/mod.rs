@@ -6,11 +6,11 @@
 //! logs a room id, a visitor's user id or message text; SDK errors pass
 //! through [`scrub`] before they are logged, since they can quote ids.
 
-pub mod gate;
-pub mod late_keys;
-pub mod purge;
-pub mod session;
-pub mod worker;
+mod gate;
+mod late_keys;
+mod purge;
+mod session;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
