@@ -151,13 +151,10 @@ fn ms(d: Duration) -> String {
 /// CPU seconds (user + system) and peak RSS in MB of a process.
 fn proc_usage(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let cpu = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
-        })
-        .unwrap_or(0.0);
+    let cpu = stat.rsplit_once(')').map_or(0.0, |(_, rest)| {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
+    });
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -183,9 +180,9 @@ async fn visitors(n: usize) -> Vec<Arc<TestClient>> {
     out
 }
 
-async fn futures_join<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();
@@ -297,7 +294,7 @@ async fn run(args: Args) {
     report.push_str(&format!(
         "| turns measured | {} | {} | |\n",
         b.turns.len(),
-        echo.as_ref().map(|e| e.turns.len()).unwrap_or(0)
+        echo.as_ref().map_or(0, |e| e.turns.len())
     ));
     report.push_str(&format!(
         "| per turn number, p50/max (ms) | {} | {} | |\n",

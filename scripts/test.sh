@@ -4,6 +4,9 @@
 # which start their own Synapse on a free port in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Formatting and lints first: they fail in seconds, the rest takes minutes.
+cargo fmt --check
+cargo clippy --all-targets --locked -- -D warnings
 scripts/install-synapse.sh
 # Builds everything, the load generator included (so it cannot rot), but
 # runs the tests only: the benchmark runs on request (cargo bench).

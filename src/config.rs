@@ -24,21 +24,31 @@ use crate::routing::Policy;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[matrix]`
     pub matrix: MatrixConfig,
+    /// `[storage]`
     pub storage: StorageConfig,
+    /// `[staff]`
     pub staff: StaffConfig,
+    /// `[hours]`; absent means always open.
     #[serde(default)]
     pub hours: Option<HoursConfig>,
+    /// `[intake]` and its `[[intake.questions]]`
     #[serde(default)]
     pub intake: IntakeConfig,
+    /// `[safety]`
     #[serde(default)]
     pub safety: SafetyConfig,
+    /// `[outcomes]`
     #[serde(default)]
     pub outcomes: OutcomesConfig,
+    /// `[privacy]`
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    /// `[stats]`
     #[serde(default)]
     pub stats: StatsConfig,
+    /// `[metrics]`
     #[serde(default)]
     pub metrics: MetricsConfig,
     /// Per language, overrides of built-in texts: `[texts.en] greeting = "..."`.
@@ -50,12 +60,17 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixConfig {
+    /// The homeserver's client-server API base, `http://` or `https://`.
     pub homeserver_url: String,
+    /// The bot's full user id, `@intake:example.org`.
     pub user_id: String,
+    /// The display name of the bot's device, set at the first login.
     #[serde(default = "default_device_name")]
     pub device_name: String,
+    /// A file holding the bot's password (else `INTAKE_BOT_PASSWORD`).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// A file holding the store passphrase (else `INTAKE_BOT_STORE_PASSPHRASE`).
     #[serde(default)]
     pub store_passphrase_file: Option<PathBuf>,
     /// The bot's display name, set on every start when it differs.
@@ -75,6 +90,7 @@ fn default_device_name() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
+    /// Everything the bot writes: its store, the SDK's encrypted store, the session.
     pub data_dir: PathBuf,
 }
 
@@ -84,10 +100,13 @@ pub struct StorageConfig {
 pub struct StaffConfig {
     /// Room id of the staff room (room version 12 ids have no server part).
     pub room: String,
+    /// The counsellors' full user ids; only they get cases and staff commands.
     #[serde(default)]
     pub counsellors: Vec<String>,
+    /// Most cases one counsellor is offered or has at once.
     #[serde(default = "default_max_active")]
     pub max_active_per_counsellor: u32,
+    /// How long an offer stands before the next counsellor is tried.
     #[serde(default = "default_accept_timeout")]
     pub accept_timeout_secs: u64,
     /// A case waiting longer than this is announced again in the staff room.
@@ -119,7 +138,9 @@ fn default_accept_timeout() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HoursConfig {
+    /// The IANA time zone of `open`, e.g. `Europe/Amsterdam`.
     pub timezone: String,
+    /// Opening ranges like `mon-fri 09:00-17:00`.
     #[serde(default)]
     pub open: Vec<String>,
 }
@@ -128,10 +149,13 @@ pub struct HoursConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntakeConfig {
+    /// The languages offered, the first also the staff's.
     #[serde(default = "default_languages")]
     pub languages: Vec<String>,
+    /// Whether a room that cannot be encrypted gets no intake.
     #[serde(default = "default_true")]
     pub require_encryption: bool,
+    /// The questions, asked in this order.
     #[serde(default)]
     pub questions: Vec<Question>,
 }
@@ -153,6 +177,7 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SafetyConfig {
+    /// The number every safety text gives.
     #[serde(default = "default_emergency_number")]
     pub emergency_number: String,
     /// Per language; languages not given here use the built-in list.
@@ -174,6 +199,7 @@ fn default_emergency_number() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutcomesConfig {
+    /// The tags of `!close <tag>`.
     #[serde(default = "default_tags")]
     pub tags: Vec<String>,
 }
@@ -192,6 +218,7 @@ fn default_tags() -> Vec<String> {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PrivacyConfig {
+    /// After this, a case in progress is ended and its state deleted.
     #[serde(default = "default_retention")]
     pub in_progress_retention_hours: u64,
     /// A file holding a Synapse admin access token. When set, the room of
@@ -257,7 +284,9 @@ pub struct MetricsConfig {
 /// A configuration that could not be loaded or is not usable.
 #[derive(Debug)]
 pub struct ConfigError {
+    /// The config file.
     pub file: PathBuf,
+    /// One line per problem, each naming its key.
     pub problems: Vec<String>,
 }
 
@@ -351,15 +380,15 @@ impl Config {
         if !is_user_id(&m.user_id) {
             p.push("key `matrix.user_id`: expected a full user id like @intake:example.org".into());
         }
-        if let Some(n) = &m.display_name {
-            if n.trim().is_empty() || n.chars().count() > 100 {
-                p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
-            }
+        if let Some(n) = &m.display_name
+            && (n.trim().is_empty() || n.chars().count() > 100)
+        {
+            p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
         }
-        if let Some(f) = &m.avatar_file {
-            if avatar_mime(f).is_none() {
-                p.push("key `matrix.avatar_file`: expected a .png, .jpg, .jpeg, .gif or .webp file".into());
-            }
+        if let Some(f) = &m.avatar_file
+            && avatar_mime(f).is_none()
+        {
+            p.push("key `matrix.avatar_file`: expected a .png, .jpg, .jpeg, .gif or .webp file".into());
         }
     }
 
@@ -457,10 +486,10 @@ impl Config {
 
     /// `[metrics]`, `[privacy]` and `[texts]`.
     fn validate_rest(&self, p: &mut Vec<String>) {
-        if let Some(l) = &self.metrics.listen {
-            if l.parse::<std::net::SocketAddr>().is_err() {
-                p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100"));
-            }
+        if let Some(l) = &self.metrics.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100"));
         }
         if self.privacy.in_progress_retention_hours == 0 {
             p.push("key `privacy.in_progress_retention_hours`: expected at least 1".into());
@@ -488,10 +517,10 @@ fn validate_question(q: &Question, key: &str, langs: &[String], p: &mut Vec<Stri
     }
     match q.kind {
         QuestionKind::Choice if q.choices.is_empty() => {
-            p.push(format!("key `{key}.choices`: a choice question needs at least one choice"))
+            p.push(format!("key `{key}.choices`: a choice question needs at least one choice"));
         }
         QuestionKind::Text if !q.choices.is_empty() => {
-            p.push(format!("key `{key}.choices`: a text question takes no choices"))
+            p.push(format!("key `{key}.choices`: a text question takes no choices"));
         }
         _ => {}
     }
@@ -608,7 +637,9 @@ fn is_user_id(s: &str) -> bool {
 
 /// The secrets the bot needs at run time, never read from the config itself.
 pub struct Secrets {
+    /// The bot's account password (needed for the first login only).
     pub password: String,
+    /// Encrypts the SDK's store; also keys the hashes of room ids.
     pub store_passphrase: String,
 }
 
@@ -635,10 +666,10 @@ impl Secrets {
 
 fn secret(var: &str, file: Option<&Path>, key: &str) -> anyhow::Result<String> {
     use anyhow::Context;
-    if let Ok(v) = std::env::var(var) {
-        if !v.is_empty() {
-            return Ok(v);
-        }
+    if let Ok(v) = std::env::var(var)
+        && !v.is_empty()
+    {
+        return Ok(v);
     }
     let Some(file) = file else {
         anyhow::bail!("no secret: set {var} or the config key `{key}`");
@@ -748,7 +779,7 @@ choices = [ { id = "a", label = { en = "A" } } ]
 
     #[test]
     fn the_default_questionnaire_wires_up_every_monitor_figure() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
         let c = Config::load(&path).unwrap();
         let ids: Vec<String> = c.monitor_figures().into_iter().map(|f| f.id).collect();
         assert_eq!(ids, ["minors", "under_15", "still_exploited", "several_perpetrators", "for_themselves"]);
@@ -760,9 +791,7 @@ choices = [ { id = "a", label = { en = "A" } } ]
 
     #[test]
     fn configured_monitor_figures_are_checked() {
-        let base =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
-                .unwrap();
+        let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml")).unwrap();
         let base = base.replace("min_count = 5", "min_count = 10");
         let bad = format!(
             "{base}\n[[stats.monitor]]\nid = \"x\"\nlabel = \"X\"\nquestion = \"age\"\nchoices = [\"under_12\"]\n[[stats.monitor]]\nid = \"y\"\nlabel = \"Y\"\nquestion = \"shoe_size\"\nchoices = [\"42\"]\n"

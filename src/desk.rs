@@ -452,7 +452,7 @@ impl Desk {
                 Route::Withdraw { key, counsellor } => {
                     // The router withdraws only offers past their deadline.
                     self.tally.offer_timeouts += 1;
-                    out.push(Action::Withdraw { key, user: counsellor })
+                    out.push(Action::Withdraw { key, user: counsellor });
                 }
                 Route::Position { key, position, estimate_minutes } => {
                     let Some(case) = self.cases.get(&key) else { continue };
@@ -520,7 +520,7 @@ impl Desk {
     }
 
     /// Ends a case that may not run because its room is not encrypted.
-    pub fn refuse_unencrypted(&mut self, now: i64, case_id: String) -> OutcomeRecord {
+    pub fn refuse_unencrypted(&self, now: i64, case_id: String) -> OutcomeRecord {
         let (case, _) = Case::start(&self.settings, case_id, now);
         OutcomeRecord::from_case(&self.settings, &case, now, tags::UNENCRYPTED)
     }

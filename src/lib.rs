@@ -9,12 +9,12 @@
 //! The pure core takes inputs (events and the time) and returns effects;
 //! it never touches the network, the disk or the clock, and never reads
 //! the config (the config builds its settings):
-//! - [`intake`]: the conversation engine of one case, its questionnaire
+//! - `intake`: the conversation engine of one case, its questionnaire
 //!   types and its texts;
-//! - [`routing`]: roster, availability, capacity, queue, offer deadlines;
-//! - [`desk`]: every open case plus routing as one state machine, events
+//! - `routing`: roster, availability, capacity, queue, offer deadlines;
+//! - `desk`: every open case plus routing as one state machine, events
 //!   in, actions out;
-//! - [`hours`]: opening hours in an IANA time zone;
+//! - `hours`: opening hours in an IANA time zone;
 //! - [`outcome`]: the outcome record, statistics and export formats.
 //!
 //! The edge:
@@ -23,11 +23,11 @@
 //! - [`store`]: sled: cases in progress, routing state, outcomes; schema
 //!   version;
 //! - [`matrix`]: login, sync, handlers, and the worker that owns the desk;
-//! - [`metrics`]: counters, gauges, and the `/metrics` and `/healthz`
+//! - `metrics`: counters, gauges, and the `/metrics` and `/healthz`
 //!   listener;
 //! - [`logging`]: tracing set up so that no id or message text reaches a
 //!   log line;
-//! - [`clock`]: the one place the wall clock is read.
+//! - `clock`: the one place the wall clock is read.
 #![recursion_limit = "256"]
 
 mod clock;

@@ -10,7 +10,9 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Output format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Human-readable lines.
     Pretty,
+    /// One JSON object per line, for a log collector.
     Json,
 }
 

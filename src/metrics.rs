@@ -78,17 +78,17 @@ impl Metrics {
     pub fn update(&self, urgent: u64, offer_timeouts: u64, waits: &[i64], gauges: Gauges) {
         self.urgent.fetch_add(urgent, Ordering::Relaxed);
         self.offer_timeouts.fetch_add(offer_timeouts, Ordering::Relaxed);
-        if !waits.is_empty() {
-            if let Ok(mut h) = self.waits.lock() {
-                if h.0.is_empty() {
-                    h.0 = vec![0; WAIT_BUCKETS_SECS.len() + 1];
-                }
-                for &w in waits {
-                    let w = w.max(0) as u64;
-                    let i = WAIT_BUCKETS_SECS.iter().position(|b| w <= *b).unwrap_or(WAIT_BUCKETS_SECS.len());
-                    h.0[i] += 1;
-                    h.1 += w;
-                }
+        if !waits.is_empty()
+            && let Ok(mut h) = self.waits.lock()
+        {
+            if h.0.is_empty() {
+                h.0 = vec![0; WAIT_BUCKETS_SECS.len() + 1];
+            }
+            for &w in waits {
+                let w = w.max(0) as u64;
+                let i = WAIT_BUCKETS_SECS.iter().position(|b| w <= *b).unwrap_or(WAIT_BUCKETS_SECS.len());
+                h.0[i] += 1;
+                h.1 += w;
             }
         }
         if let Ok(mut g) = self.gauges.lock() {

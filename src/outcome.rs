@@ -18,9 +18,13 @@ use crate::intake::{Case, Settings};
 
 /// Outcome tags the bot itself sets; counsellors use the configured tags.
 pub mod tags {
+    /// The visitor left (or quick-exited) before a counsellor closed the case.
     pub const ABANDONED: &str = "abandoned";
+    /// The visitor said `stop`.
     pub const STOPPED: &str = "stopped";
+    /// Kept past `privacy.in_progress_retention_hours`.
     pub const EXPIRED: &str = "expired";
+    /// The room could not be encrypted: no intake.
     pub const UNENCRYPTED: &str = "unencrypted";
     /// Someone other than the visitor and counsellors joined mid-case.
     pub const GROUP: &str = "group";
@@ -29,19 +33,25 @@ pub mod tags {
 /// One finished case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeRecord {
+    /// The random id of the case (never derived from a Matrix id).
     pub case: String,
     /// ISO week the case started, `YYYY-Www`.
     pub week: String,
+    /// The language the intake ran in.
     pub language: String,
     /// Question id -> choice id, `answered` or `skipped`.
     pub answers: BTreeMap<String, String>,
+    /// Whether an emergency word or an urgent choice came up.
     pub urgent: bool,
+    /// Whether every question was answered or skipped.
     pub intake_completed: bool,
+    /// Whether a counsellor joined the case.
     pub counsellor_joined: bool,
     /// Time from the end of the intake to a counsellor joining, bucketed.
     pub wait: String,
     /// Time from start to end, bucketed.
     pub duration: String,
+    /// The counsellor's tag, or one of [`tags`].
     pub outcome: String,
     /// For cases that ended before a counsellor joined: the step reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]

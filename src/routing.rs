@@ -223,12 +223,12 @@ impl Router {
     /// pending invite should be withdrawn.
     pub fn release(&mut self, key: &str, now: i64, joined_at: Option<i64>) -> Option<String> {
         self.queue.retain(|w| w.key != key);
-        if self.active.remove(key).is_some() {
-            if let Some(j) = joined_at {
-                self.handled.push_back((now - j).max(0));
-                while self.handled.len() > HISTORY {
-                    self.handled.pop_front();
-                }
+        if self.active.remove(key).is_some()
+            && let Some(j) = joined_at
+        {
+            self.handled.push_back((now - j).max(0));
+            while self.handled.len() > HISTORY {
+                self.handled.pop_front();
             }
         }
         self.offers.remove(key).map(|o| o.counsellor)
@@ -263,14 +263,15 @@ impl Router {
         if self.handled.is_empty() {
             return None;
         }
-        let available = self.counsellors.values().filter(|c| c.available).count() as i64;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let available = count(self.counsellors.values().filter(|c| c.available).count());
         if available == 0 {
             return None;
         }
-        let avg = self.handled.iter().sum::<i64>() / self.handled.len() as i64;
-        let slots = available * p.max_active.max(1) as i64;
-        let secs = avg * position as i64 / slots;
-        Some(((secs + 59) / 60).max(1) as u64)
+        let avg = self.handled.iter().sum::<i64>() / count(self.handled.len());
+        let slots = available.saturating_mul(i64::from(p.max_active.max(1)));
+        let secs = avg.saturating_mul(count(position)) / slots;
+        u64::try_from((secs.saturating_add(59) / 60).max(1)).ok()
     }
 
     /// Runs deadlines and assignment at `now`. `open` is whether opening

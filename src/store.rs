@@ -147,16 +147,19 @@ impl Store {
         Ok(out)
     }
 
+    /// Saves a case in progress under its key (not yet flushed).
     pub fn save_case(&self, key: &str, case: &Case) -> Result<()> {
         self.cases.insert(key.as_bytes(), serde_json::to_vec(case)?).context("saving case")?;
         Ok(())
     }
 
+    /// Deletes a finished case's state.
     pub fn delete_case(&self, key: &str) -> Result<()> {
         self.cases.remove(key.as_bytes()).context("deleting case")?;
         Ok(())
     }
 
+    /// The saved routing state, if any.
     pub fn load_router(&self) -> Result<Option<Router>> {
         match self.meta.get(ROUTER_KEY)? {
             None => Ok(None),
@@ -164,6 +167,7 @@ impl Store {
         }
     }
 
+    /// Saves the routing state (not yet flushed).
     pub fn save_router(&self, r: &Router) -> Result<()> {
         self.meta.insert(ROUTER_KEY, serde_json::to_vec(r)?).context("saving routing state")?;
         Ok(())
@@ -173,10 +177,7 @@ impl Store {
     /// Writing the same case twice keeps the first record.
     pub async fn record(&self, r: &OutcomeRecord) -> Result<()> {
         let v = serde_json::to_vec(r)?;
-        let _ = self
-            .outcomes
-            .compare_and_swap(r.case.as_bytes(), None as Option<&[u8]>, Some(v))
-            .context("writing outcome")?;
+        let _ = self.outcomes.compare_and_swap(r.case.as_bytes(), None::<&[u8]>, Some(v)).context("writing outcome")?;
         self.db.flush_async().await.context("flushing outcome")?;
         Ok(())
     }
@@ -192,6 +193,7 @@ impl Store {
         Ok(out)
     }
 
+    /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<()> {
         self.db.flush_async().await.context("flushing store")?;
         Ok(())

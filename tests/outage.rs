@@ -112,7 +112,7 @@ fn sample(page: &str, name: &str) -> u64 {
 async fn wait_health<F, Fut>(get: &F, want: u16) -> (u16, String)
 where
     F: Fn(&str) -> Fut,
-    Fut: std::future::Future<Output = (u16, String)>,
+    Fut: Future<Output = (u16, String)>,
 {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {

@@ -248,7 +248,7 @@ fn expiry_ends_old_cases() {
     let mut d = desk();
     d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
     assert!(d.expired(100, 3600).is_empty());
-    assert_eq!(d.expired(3601, 3600), vec!["k".to_string()]);
+    assert_eq!(d.expired(3601, 3600), vec!["k".to_owned()]);
     let out = d.expire("k", 3601);
     assert_eq!(record(&out).unwrap().outcome, "expired");
     assert!(d.cases.is_empty());
@@ -267,7 +267,7 @@ fn a_crash_while_closing_finishes_the_goodbye_on_restart() {
         panic!("{out:?}")
     };
     let mut cases = BTreeMap::new();
-    cases.insert("k".to_string(), (**case).clone());
+    cases.insert("k".to_owned(), (**case).clone());
     let mut restarted =
         Desk::new(Setup { settings: d.settings.clone(), policy: d.policy, hours: None }, cases, d.router.clone());
     // Visitor input to a closing case is ignored.
@@ -348,18 +348,18 @@ fn random_event_sequences_never_panic_or_break_invariants() {
         let mut now = 0i64;
         for _ in 0..250 {
             now += rng.gen_range(1..20);
-            let key = keys[rng.gen_range(0..keys.len())].to_string();
+            let key = keys[rng.gen_range(0..keys.len())].to_owned();
             // Mostly plausible input, sometimes anything: answers that fit,
             // the offered counsellor joining, the right counsellor closing.
             let user = match (rng.gen_bool(0.6), d.router.offered_to(&key), d.router.counsellor_of(&key)) {
-                (true, Some(o), _) => o.to_string(),
-                (true, None, Some(c)) => c.to_string(),
-                _ => users[rng.gen_range(0..users.len())].to_string(),
+                (true, Some(o), _) => o.to_owned(),
+                (true, None, Some(c)) => c.to_owned(),
+                _ => users[rng.gen_range(0..users.len())].to_owned(),
             };
             let t = if rng.gen_bool(0.7) {
-                ["1", "2", "English"][rng.gen_range(0..3)].to_string()
+                ["1", "2", "English"][rng.gen_range(0..3)].to_owned()
             } else {
-                inputs[rng.gen_range(0..inputs.len())].to_string()
+                inputs[rng.gen_range(0..inputs.len())].to_owned()
             };
             let ev = match rng.gen_range(0..16) {
                 0 => Event::Opened { key, case_id: format!("c{}", rng.r#gen::<u32>()) },
@@ -435,8 +435,8 @@ fn events_seen_again_change_nothing() {
     }
     let c = &d.cases["k"];
     assert_eq!(c.seen.len(), crate::intake::SEEN_EVENTS);
-    let back: crate::intake::Case = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
-    assert!(back.seen.contains(&"x99".to_string()));
+    let back: Case = serde_json::from_str(&serde_json::to_string(c).unwrap()).unwrap();
+    assert!(back.seen.contains(&"x99".to_owned()));
     // Unknown rooms: nothing to de-duplicate against.
     assert!(d.note_event("nope", "h"));
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use questionnaire::{Choice, Question, QuestionKind};
+pub use questionnaire::{Question, QuestionKind};
 use text::{TextKey, Texts, fold};
 
 /// Longest message the engine reads; longer ones get a kind "keep it short".

@@ -48,7 +48,7 @@ fn several_languages_ask_language_first() {
         assert_eq!(c2.step, Step::Question(0));
         assert_eq!(says(&fx).len(), 2);
     }
-    let mut c3 = c.clone();
+    let mut c3 = c;
     let fx = c3.handle(&s, 1001, Input::Text("klingon"));
     assert_eq!(c3.step, Step::Language);
     assert!(says(&fx)[0].contains("Sorry") && says(&fx)[0].contains("1. Nederlands"));
@@ -123,7 +123,7 @@ fn stop_ends_at_any_step_but_only_as_a_whole_message() {
     c3.handle(&s, 1001, Input::Text("2"));
     let fx = c3.handle(&s, 1001, Input::Text("I can't stop crying"));
     assert!(!fx.contains(&Effect::End(Ending::Stopped)));
-    let mut c4 = c.clone();
+    let mut c4 = c;
     assert_eq!(c4.handle(&s, 1001, Input::Text("stoppen")), vec![Effect::End(Ending::Stopped)]);
 }
 
@@ -156,7 +156,7 @@ fn emergency_keyword_anywhere_keeps_question_open() {
 
 #[test]
 fn configured_keywords_replace_builtins() {
-    let keywords = [("en".to_string(), vec!["Red Alert".to_string()])].into();
+    let keywords = [("en".to_owned(), vec!["Red Alert".to_owned()])].into();
     let s = Settings::new(vec!["en".into()], example_questions(), BTreeMap::new(), "113".into(), &keywords, vec![]);
     let (mut c, _) = Case::start(&s, "x".into(), 0);
     let fx = c.handle(&s, 1, Input::Text("red-alert now"));
@@ -193,11 +193,11 @@ fn text_question_settings() -> Settings {
     questions.push(Question {
         id: "story".into(),
         kind: QuestionKind::Text,
-        prompt: [("en".to_string(), "Tell us more?".to_string())].into(),
+        prompt: [("en".to_owned(), "Tell us more?".to_owned())].into(),
         choices: vec![],
         urgent_choices: vec![],
     });
-    super::testing::settings_from(&["en"], questions, &BTreeMap::new())
+    testing::settings_from(&["en"], questions, &BTreeMap::new())
 }
 
 #[test]

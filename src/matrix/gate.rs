@@ -133,7 +133,7 @@ mod tests {
     }
 
     /// Runs a short future to completion on the current runtime.
-    fn futures_now<F: std::future::Future>(f: F) -> F::Output {
+    fn futures_now<F: Future>(f: F) -> F::Output {
         tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
     }
 

@@ -1,10 +1,17 @@
-//! The Matrix edge: login or restore, the sync loop, and the event handlers
-//! that turn Matrix events into desk inputs.
+//! The Matrix edge: the sync loop, and the event handlers that turn Matrix
+//! events into desk inputs.
 //!
 //! Handlers never do slow work inline (they run inside sync processing):
-//! they hand events to the [`worker`] over a channel, or spawn. Nothing here
+//! they hand events to the `worker` over a channel, or spawn. Nothing here
 //! logs a room id, a visitor's user id or message text; SDK errors pass
-//! through [`scrub`] before they are logged, since they can quote ids.
+//! through `scrub_err` before they are logged, since they can quote ids.
+//!
+//! - this file: [`run`], the sync loop, the handlers, joining the staff room;
+//! - `session`: the client on its encrypted store, login or restore, profile;
+//! - `worker`: the one task that owns the desk and the store;
+//! - `gate`, `late_keys`: holding sends during sync responses, and messages
+//!   whose room key has not come yet;
+//! - `purge`: deleting a finished case's room through the admin API.
 
 mod gate;
 mod late_keys;
@@ -33,12 +40,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, Secrets};
-pub use crate::logging::scrub_err;
+pub(crate) use crate::logging::scrub_err;
 use crate::store::Store;
 
 /// What the handlers tell the worker.
 #[derive(Debug)]
-pub enum Inbound {
+pub(crate) enum Inbound {
     /// The bot was invited to a room (not the staff room).
     Invited(Room),
     /// A message in a room the bot is in.
@@ -51,7 +58,7 @@ pub enum Inbound {
 
 /// The part of a message the desk may see.
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     Text(String),
     NonText,
     Undecryptable,
@@ -59,7 +66,7 @@ pub enum Body {
 
 /// A membership change that matters to routing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemberChange {
+pub(crate) enum MemberChange {
     Joined,
     /// Left, was kicked, banned, or declined an invite.
     Left,
@@ -79,7 +86,7 @@ pub enum MemberChange {
 /// (Messages into the bot's other rooms are kept out of that window by the
 /// send gate, which this watch tells of each join: see [`gate`].)
 #[derive(Debug, Default)]
-pub struct JoinWatch {
+pub(crate) struct JoinWatch {
     waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
     /// Told of each join between its success and its sync (see [`gate`]).
     gate: Arc<gate::SendGate>,
@@ -180,7 +187,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
             let ctx = ctx.clone();
             async move {
                 ctx.gate.handling();
-                on_invite(ev, client, room, &ctx).await
+                on_invite(ev, client, room, &ctx).await;
             }
         });
     }
@@ -328,7 +335,7 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
 
 /// Fetches one user's device keys now, outside the SDK's tracked queries
 /// (so it never clears their "pending" state; see [`JoinWatch`]).
-pub async fn refresh_user_keys(client: &Client, user: &matrix_sdk::ruma::UserId) {
+pub(crate) async fn refresh_user_keys(client: &Client, user: &matrix_sdk::ruma::UserId) {
     if let Err(e) = client.encryption().request_user_identity(user).await {
         debug!(error = %scrub_err(&e), "key query failed; the SDK will retry on the next sync");
     }
@@ -355,7 +362,7 @@ async fn forward(ctx: &Ctx, client: &Client, room: Room, sender: OwnedUserId, bo
 
 /// What of a message the desk sees; None for notices, which bots send and
 /// the bot never answers. An edit counts with its new text.
-pub fn message_body(content: RoomMessageEventContent) -> Option<Body> {
+pub(crate) fn message_body(content: RoomMessageEventContent) -> Option<Body> {
     let msgtype = match content.relates_to {
         Some(Relation::Replacement(r)) => r.new_content.msgtype,
         _ => content.msgtype,
@@ -375,7 +382,7 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
         async move {
             ctx.gate.handling();
             let Some(body) = message_body(ev.content) else { return };
-            forward(&ctx, &client, room, ev.sender, body, ev.event_id).await
+            forward(&ctx, &client, room, ev.sender, body, ev.event_id).await;
         }
     });
     let c = ctx.clone();
@@ -383,7 +390,7 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
         let ctx = c.clone();
         async move {
             ctx.gate.handling();
-            forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await
+            forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await;
         }
     });
     let c = ctx.clone();

@@ -22,7 +22,9 @@ use crate::intake::questionnaire::{Question, QuestionKind};
 /// An ISO week, ordered in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Week {
+    /// The ISO year (not always the calendar year of every day).
     pub year: i32,
+    /// The week of the ISO year, from 1.
     pub week: u32,
 }
 
@@ -111,15 +113,20 @@ pub fn default_monitor_for(questions: &[Question]) -> Vec<MonitorFigure> {
 pub enum By {
     /// One section for the whole period only.
     Total,
+    /// Also one section per ISO week.
     Week,
+    /// Also one section per month (of each week's Thursday).
     Month,
 }
 
 /// What to report on.
 #[derive(Debug, Clone)]
 pub struct Query {
+    /// First week included; `None` from the first record.
     pub from: Option<Week>,
+    /// Last week included; `None` up to the last record.
     pub to: Option<Week>,
+    /// How to split the period.
     pub by: By,
     /// Counts from 1 to `min_count - 1` are suppressed; 0 or 1 shows all.
     pub min_count: u32,
@@ -132,9 +139,13 @@ pub type Cell = Option<usize>;
 /// of the figure's choices.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Figure {
+    /// The figure's id from the config.
     pub id: String,
+    /// What the figure is called.
     pub label: String,
+    /// The question it counts.
     pub question: String,
+    /// Cases with one of the figure's choices.
     pub count: Cell,
     /// Cases that answered the question with a choice (not skipped).
     pub known: usize,
@@ -147,27 +158,40 @@ pub struct Figure {
 pub struct Section {
     /// The period (`2026-W48`, `2026-11`) or `total`.
     pub period: String,
+    /// Cases in the period (never suppressed: a total of records).
     pub cases: usize,
+    /// Cases whose intake was completed.
     pub intake_completed: Cell,
+    /// Cases a counsellor joined.
     pub counsellor_joined: Cell,
+    /// Cases the visitor left before the end.
     pub abandoned: Cell,
+    /// Cases the visitor stopped.
     pub stopped: Cell,
+    /// Cases marked urgent.
     pub urgent: Cell,
     /// The median wait bucket of cases a counsellor joined.
     pub median_wait: Option<String>,
+    /// The monitor's figures.
     pub monitor: Vec<Figure>,
     /// Question id -> answer -> count; every choice listed, also at zero.
     pub answers: BTreeMap<String, BTreeMap<String, Cell>>,
+    /// Outcome tag -> count.
     pub outcomes: BTreeMap<String, Cell>,
 }
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
+    /// The first week asked for, if any.
     pub from: Option<String>,
+    /// The last week asked for, if any.
     pub to: Option<String>,
+    /// How the report is split.
     pub by: By,
+    /// The suppression threshold used.
     pub min_count: u32,
+    /// The whole period.
     pub total: Section,
     /// One section per week or month with cases, oldest first; empty for `By::Total`.
     pub periods: Vec<Section>,
@@ -233,8 +257,8 @@ impl Report {
             let _ = writeln!(out, "\nBy {}:", if self.by == By::Week { "week" } else { "month" });
             let _ = writeln!(
                 out,
-                "  {:<10} {:>6} {:>9} {:>10} {:>10} {:>8} {:>7}  {}",
-                "period", "cases", "completed", "counsellor", "abandoned", "stopped", "urgent", "median wait"
+                "  {:<10} {:>6} {:>9} {:>10} {:>10} {:>8} {:>7}  median wait",
+                "period", "cases", "completed", "counsellor", "abandoned", "stopped", "urgent"
             );
             for p in &self.periods {
                 let c = |v: Cell| cell(v, self.min_count);
@@ -402,7 +426,7 @@ fn write_section(out: &mut String, s: &Section, questions: &[Question], lang: &s
         // and unanswered are part of the picture rather than hidden in it.
         for (a, n) in counts {
             let label =
-                q.and_then(|q| q.choice(a)).map(|c| format!("{a} ({})", c.label_in(lang))).unwrap_or_else(|| a.clone());
+                q.and_then(|q| q.choice(a)).map_or_else(|| a.clone(), |c| format!("{a} ({})", c.label_in(lang)));
             let _ = writeln!(out, "  {label:<36} {:>6}  {}", cell(*n, min), pct(*n, s.cases));
         }
     }

@@ -20,7 +20,7 @@ fn invites(routes: &[Route]) -> Vec<(String, String)> {
 }
 
 fn inv(k: &str, c: &str) -> (String, String) {
-    (k.to_string(), c.to_string())
+    (k.to_owned(), c.to_owned())
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn capacity_is_respected_and_queue_waits() {
     let mut r = router(&["@a:x"]);
     r.set_available("@a:x", true);
     for (i, k) in ["k1", "k2", "k3"].iter().enumerate() {
-        r.enqueue(k, false, false, i as i64);
+        r.enqueue(k, false, false, i64::try_from(i).unwrap());
     }
     let out = r.step(10, true, &P);
     assert_eq!(invites(&out), vec![inv("k1", "@a:x"), inv("k2", "@a:x")]);
@@ -209,7 +209,7 @@ fn state_survives_serialization() {
     let out = back.step(500, true, &P);
     assert!(out.contains(&Route::Withdraw { key: "k1".into(), counsellor: "@a:x".into() }));
     // Roster changes keep known state.
-    back.sync_roster(&["@a:x".to_string(), "@c:x".to_string()]);
+    back.sync_roster(&["@a:x".to_owned(), "@c:x".to_owned()]);
     assert!(back.counsellors.contains_key("@c:x") && !back.counsellors.contains_key("@b:x"));
 }
 

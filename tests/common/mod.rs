@@ -56,8 +56,8 @@ pub fn synapse_python() -> PathBuf {
         .open(repo().join(".venv-synapse.lock"))
         .expect("lock file for the Synapse install");
     lock.lock().expect("locking the Synapse install");
-    let ok = python.exists()
-        && Command::new(&python).args(["-c", "import synapse"]).status().map(|s| s.success()).unwrap_or(false);
+    let ok =
+        python.exists() && Command::new(&python).args(["-c", "import synapse"]).status().is_ok_and(|s| s.success());
     if !ok {
         eprintln!("installing Synapse from PyPI into {} ...", venv.display());
         let st = Command::new("python3").args(["-m", "venv"]).arg(&venv).status().expect("python3 -m venv");

@@ -331,7 +331,7 @@ impl Worker {
                     Ok(uid) => {
                         let name = (!self.room_name.is_empty())
                             .then(|| self.room_name.replace("{case}", self.desk.case_id(&key).unwrap_or("")));
-                        self.pending.push((Target::Case(key), Job::Invite(uid, name)))
+                        self.pending.push((Target::Case(key), Job::Invite(uid, name)));
                     }
                     Err(_) => error!("a configured counsellor id does not parse"),
                 },
@@ -340,7 +340,7 @@ impl Worker {
                     Err(_) => error!("a configured counsellor id does not parse"),
                 },
                 Action::Leave { key, case_id } => {
-                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone() }))
+                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone() }));
                 }
                 Action::SaveCase { key } => {
                     if let Some(c) = self.desk.cases.get(&key) {
@@ -426,7 +426,7 @@ impl Worker {
         self.desk.case_id(key).unwrap_or("ended").to_owned()
     }
 
-    async fn record(&mut self, rec: &OutcomeRecord) {
+    async fn record(&self, rec: &OutcomeRecord) {
         match self.store.record(rec).await {
             Ok(()) => {
                 info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded");

@@ -163,7 +163,7 @@ pub(super) fn spawn_sender(
                 Job::Withdraw(uid) => match room.kick_user(&uid, None).await {
                     Ok(()) => info!(case = %case, "counsellor invite withdrawn"),
                     Err(e) => {
-                        warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses")
+                        warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses");
                     }
                 },
                 Job::Leave { case_id, purger } => {

@@ -21,10 +21,10 @@ fn question(id: &str, choices: &[&str]) -> Question {
     Question {
         id: id.into(),
         kind: QuestionKind::Choice,
-        prompt: [("en".to_string(), format!("{id}?"))].into(),
+        prompt: [("en".to_owned(), format!("{id}?"))].into(),
         choices: choices
             .iter()
-            .map(|c| Choice { id: c.to_string(), label: [("en".to_string(), c.to_uppercase())].into() })
+            .map(|c| Choice { id: c.to_string(), label: [("en".to_owned(), c.to_uppercase())].into() })
             .collect(),
         urgent_choices: vec![],
     }
