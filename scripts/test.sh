@@ -4,7 +4,7 @@
 # which start their own Synapse on a free port in a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Formatting and lints first: they fail in seconds, the rest takes minutes.
+# Formatting and lints first: a style slip fails before the long build.
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 scripts/install-synapse.sh

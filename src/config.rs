@@ -495,7 +495,10 @@ impl Config {
             p.push("key `privacy.in_progress_retention_hours`: expected at least 1".into());
         }
         for (lang, overrides) in &self.texts {
-            for name in overrides.keys() {
+            for (name, value) in overrides {
+                if name == TextKey::Weekdays.name() && value.split_whitespace().count() != 7 {
+                    p.push(format!("key `texts.{lang}.{name}`: expected seven day names, Monday first"));
+                }
                 if TextKey::from_name(name).is_none() {
                     p.push(format!(
                         "key `texts.{lang}.{name}`: unknown text; known texts are {}",
@@ -755,6 +758,15 @@ choices = [ { id = "a", label = { en = "A" } } ]
         let t = format!("{MINIMAL}\n[texts.en]\ngreting = \"hi\"\n");
         let p = Config::parse(&t).unwrap().validate();
         assert!(p.iter().any(|l| l.contains("texts.en.greting")), "{p:?}");
+    }
+
+    #[test]
+    fn weekday_names_override_needs_seven() {
+        let t = format!("{MINIMAL}\n[texts.en]\nweekdays = \"Mon Tue\"\n");
+        let p = Config::parse(&t).unwrap().validate();
+        assert!(p.iter().any(|l| l.contains("texts.en.weekdays") && l.contains("seven")), "{p:?}");
+        let t = format!("{MINIMAL}\n[texts.en]\nweekdays = \"Mo Tu We Th Fr Sa Su\"\n");
+        assert_eq!(Config::parse(&t).unwrap().validate(), Vec::<String>::new());
     }
 
     #[test]

@@ -286,7 +286,8 @@ impl Desk {
                 .as_ref()
                 .and_then(|h| {
                     let t = DateTime::from_timestamp(now, 0)?;
-                    h.next_open(t).map(|o| h.describe(o))
+                    let (day, time) = h.local_day_and_time(h.next_open(t)?);
+                    Some(format!("{} {time}", self.settings.weekday(case.lang(), day)))
                 })
                 .unwrap_or_else(|| "-".into());
             out.push(Action::Say {

@@ -5,7 +5,7 @@
 //! range whose end is not after its start runs over midnight into the next
 //! day (`mon-sun 19:00-06:00`), which is how many helpline chats open.
 
-use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, Weekday};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 /// One weekly opening range.
@@ -124,11 +124,11 @@ impl Hours {
         best
     }
 
-    /// The local opening time, for telling the visitor: e.g. "Mon 09:00".
-    pub fn describe(&self, at: DateTime<Utc>) -> String {
+    /// The local weekday (0 = Monday) and time (`09:00`) of `at`, for
+    /// telling the visitor when the chat opens, in their language.
+    pub fn local_day_and_time(&self, at: DateTime<Utc>) -> (usize, String) {
         let local = at.with_timezone(&self.tz);
-        let wd = local.weekday();
-        format!("{} {}", weekday_name(wd), local.format("%H:%M"))
+        (local.weekday().num_days_from_monday() as usize, local.format("%H:%M").to_string())
     }
 
     /// Local wall time to UTC; a time inside a DST gap moves to the first
@@ -143,10 +143,6 @@ impl Hours {
         }
         None
     }
-}
-
-fn weekday_name(wd: Weekday) -> &'static str {
-    DAY_NAMES[wd.num_days_from_monday() as usize]
 }
 
 #[cfg(test)]
@@ -180,7 +176,7 @@ mod tests {
         let sat = utc("2026-12-05T10:00:00Z");
         assert!(!h.is_open(sat));
         assert_eq!(h.next_open(sat), Some(utc("2026-12-07T08:00:00Z")));
-        assert_eq!(h.describe(utc("2026-12-07T08:00:00Z")), "mon 09:00");
+        assert_eq!(h.local_day_and_time(utc("2026-12-07T08:00:00Z")), (0, "09:00".to_owned()));
     }
 
     #[test]

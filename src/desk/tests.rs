@@ -234,7 +234,7 @@ fn closed_hours_tell_when_open() {
     let t = 1_796_112_000;
     let out = intake(&mut d, "k", t);
     let said = said_to(&out, "k");
-    assert!(said.iter().any(|s| s.contains("closed") && s.contains("mon 09:00") && s.contains("112")), "{said:?}");
+    assert!(said.iter().any(|s| s.contains("closed") && s.contains("Monday 09:00") && s.contains("112")), "{said:?}");
     assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })));
     // The desk wakes at opening time (Monday 2026-12-07 09:00 UTC) and offers the case.
     let opens = 1_796_634_000;

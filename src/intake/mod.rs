@@ -94,6 +94,13 @@ impl Settings {
         self.texts.render(lang, key, &all)
     }
 
+    /// The name of a weekday (0 = Monday) in `lang`, from the `weekdays`
+    /// text (seven names separated by spaces).
+    pub fn weekday(&self, lang: &str, day: usize) -> String {
+        let names = self.texts.render(lang, TextKey::Weekdays, &[]);
+        names.split_whitespace().nth(day).unwrap_or("").to_owned()
+    }
+
     /// Whether folded text contains an emergency phrase.
     pub fn is_emergency(&self, folded: &str) -> bool {
         self.emergency_phrases.iter().any(|p| text::contains_phrase(folded, p))
@@ -545,7 +552,7 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
         plain.push_str(&format!("\n{u}"));
         html.push_str(&format!("<br><strong>⚠ {}</strong>", esc(&u)));
     }
-    let language = format!("Language / taal: {}", text::language_name(case.lang()));
+    let language = s.say(lang, TextKey::SummaryLanguage, &[("language", text::language_name(case.lang()))]);
     plain.push_str(&format!("\n{language}"));
     html.push_str(&format!("<br>{}</p><ul>", esc(&language)));
     for q in &s.questions {
@@ -555,7 +562,7 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
             Some(Answer::Skipped) => s.say(lang, TextKey::SummarySkipped, &[]),
             Some(Answer::Answered) => match case.free_text.get(&q.id) {
                 Some(t) => format!("\"{t}\""),
-                None => "(answered; the text was not kept after a restart)".to_owned(),
+                None => s.say(lang, TextKey::SummaryTextLost, &[]),
             },
             Some(Answer::Choice(id)) => q.choice(id).map_or_else(|| id.clone(), |c| c.label_in(lang).to_owned()),
         };
@@ -564,13 +571,13 @@ pub fn summary(s: &Settings, case: &Case) -> Rich {
     }
     html.push_str("</ul>");
     if !case.waiting_messages.is_empty() {
-        let head = "While waiting / tijdens het wachten:";
+        let head = s.say(lang, TextKey::SummaryWaiting, &[]);
         plain.push_str(&format!("\n{head}"));
         let quoted: Vec<String> = case.waiting_messages.iter().map(|m| esc(m)).collect();
         for m in &case.waiting_messages {
             plain.push_str(&format!("\n> {m}"));
         }
-        html.push_str(&format!("<p>{}</p><blockquote>{}</blockquote>", esc(head), quoted.join("<br>")));
+        html.push_str(&format!("<p>{}</p><blockquote>{}</blockquote>", esc(&head), quoted.join("<br>")));
     }
     let help = s.say(lang, TextKey::SummaryHelp, &[("tags", &s.tags.join(", "))]);
     plain.push('\n');

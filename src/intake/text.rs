@@ -53,6 +53,10 @@ text_keys! {
     SummarySkipped => "summary_skipped",
     SummaryUrgent => "summary_urgent",
     SummaryHelp => "summary_help",
+    SummaryLanguage => "summary_language",
+    SummaryWaiting => "summary_waiting",
+    SummaryTextLost => "summary_text_lost",
+    Weekdays => "weekdays",
     LateJoin => "late_join",
     Online => "staff_online",
     StaffHelp => "staff_help",
@@ -109,6 +113,10 @@ fn builtin_en(k: TextKey) -> &'static str {
         SummarySkipped => "(skipped)",
         SummaryUrgent => "URGENT: the person may be in danger.",
         SummaryHelp => "Type !close <tag> to end the chat ({tags}) or !transfer to hand it back to the queue.",
+        SummaryLanguage => "Language: {language}",
+        SummaryWaiting => "Written while waiting:",
+        SummaryTextLost => "(answered; the text was not kept after a restart)",
+        Weekdays => "Monday Tuesday Wednesday Thursday Friday Saturday Sunday",
         LateJoin => "This case has moved on to someone else. Please leave this room.",
         Online => "intake-bot is online.",
         StaffHelp => "Commands: !available, !away, !status, !help. In a chat: !close <tag>, !transfer.",
@@ -168,6 +176,10 @@ fn builtin_nl(k: TextKey) -> &'static str {
         SummaryHelp => {
             "Typ !close <tag> om de chat te beëindigen ({tags}) of !transfer om hem terug in de rij te zetten."
         }
+        SummaryLanguage => "Taal: {language}",
+        SummaryWaiting => "Geschreven tijdens het wachten:",
+        SummaryTextLost => "(beantwoord; de tekst is na een herstart niet bewaard)",
+        Weekdays => "maandag dinsdag woensdag donderdag vrijdag zaterdag zondag",
         LateJoin => "Deze zaak is al naar iemand anders gegaan. Verlaat deze kamer.",
         Online => "intake-bot is online.",
         StaffHelp => "Commando's: !available, !away, !status, !help. In een chat: !close <tag>, !transfer.",
