@@ -1,0 +1,52 @@
+//! The secrets the bot needs at run time: from the environment, or from
+//! files the config names; never from the config file itself.
+
+use std::fmt;
+use std::path::Path;
+
+use super::MatrixConfig;
+
+/// The secrets the bot needs at run time, never read from the config itself.
+pub struct Secrets {
+    /// The bot's account password (needed for the first login only).
+    pub password: String,
+    /// Encrypts the SDK's store; also keys the hashes of room ids.
+    pub store_passphrase: String,
+}
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secrets { .. }")
+    }
+}
+
+impl Secrets {
+    /// From `INTAKE_BOT_PASSWORD` / `INTAKE_BOT_STORE_PASSPHRASE`, else from
+    /// the files named in `[matrix]`.
+    pub fn load(m: &MatrixConfig) -> anyhow::Result<Secrets> {
+        Ok(Secrets {
+            password: secret("INTAKE_BOT_PASSWORD", m.password_file.as_deref(), "matrix.password_file")?,
+            store_passphrase: secret(
+                "INTAKE_BOT_STORE_PASSPHRASE",
+                m.store_passphrase_file.as_deref(),
+                "matrix.store_passphrase_file",
+            )?,
+        })
+    }
+}
+
+fn secret(var: &str, file: Option<&Path>, key: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Ok(v) = std::env::var(var)
+        && !v.is_empty()
+    {
+        return Ok(v);
+    }
+    let Some(file) = file else {
+        anyhow::bail!("no secret: set {var} or the config key `{key}`");
+    };
+    let v = std::fs::read_to_string(file).with_context(|| format!("reading `{key}` ({})", file.display()))?;
+    let v = v.trim_end_matches(['\n', '\r']).to_owned();
+    anyhow::ensure!(!v.is_empty(), "`{key}` ({}) is empty", file.display());
+    Ok(v)
+}

@@ -1,0 +1,130 @@
+//! Loading and validating configs: every problem names its key.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[matrix]
+homeserver_url = "http://127.0.0.1:8008"
+user_id = "@bot:localhost"
+[storage]
+data_dir = "data"
+[staff]
+room = "!abc"
+counsellors = ["@c:localhost"]
+[[intake.questions]]
+id = "q"
+kind = "choice"
+prompt = { en = "Q?" }
+choices = [ { id = "a", label = { en = "A" } } ]
+"#;
+
+#[test]
+fn minimal_is_valid() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.validate(), Vec::<String>::new());
+    assert_eq!(c.staff.accept_timeout_secs, 120);
+    assert_eq!(c.safety.emergency_number, "112");
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../config.example.toml");
+    let c = Config::parse(text).unwrap();
+    assert_eq!(c.validate(), Vec::<String>::new());
+    assert_eq!(c.intake.questions.len(), 6);
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let t = MINIMAL.replace("counsellors = [\"@c:localhost\"]", "max_active_per_counsellor = \"three\"");
+    let e = Config::parse(&t).unwrap_err();
+    assert!(e.contains("staff.max_active_per_counsellor"), "{e}");
+}
+
+#[test]
+fn unknown_key_names_key() {
+    let t = MINIMAL.replace("[staff]", "[staff]\nroom_id = \"x\"");
+    let e = Config::parse(&t).unwrap_err();
+    assert!(e.contains("room_id"), "{e}");
+    assert!(e.contains("staff"), "{e}");
+}
+
+#[test]
+fn choice_without_choices_and_duplicate_id() {
+    let t = format!("{MINIMAL}\n[[intake.questions]]\nid = \"q\"\nkind = \"choice\"\nprompt = {{ en = \"again\" }}\n");
+    let c = Config::parse(&t).unwrap();
+    let p = c.validate();
+    assert!(p.iter().any(|l| l.contains("intake.questions[1].id") && l.contains("duplicate")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("intake.questions[1].choices")), "{p:?}");
+}
+
+#[test]
+fn missing_translation_and_bad_ids() {
+    let t = MINIMAL.replace("[staff]", "[intake]\nlanguages = [\"en\", \"nl\"]\n[staff]").replace("!abc", "abc");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("intake.questions[0].prompt.nl")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("intake.questions[0].choices[0].label.nl")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("staff.room")), "{p:?}");
+}
+
+#[test]
+fn unknown_text_override() {
+    let t = format!("{MINIMAL}\n[texts.en]\ngreting = \"hi\"\n");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("texts.en.greting")), "{p:?}");
+}
+
+#[test]
+fn weekday_names_override_needs_seven() {
+    let t = format!("{MINIMAL}\n[texts.en]\nweekdays = \"Mon Tue\"\n");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("texts.en.weekdays") && l.contains("seven")), "{p:?}");
+    let t = format!("{MINIMAL}\n[texts.en]\nweekdays = \"Mo Tu We Th Fr Sa Su\"\n");
+    assert_eq!(Config::parse(&t).unwrap().validate(), Vec::<String>::new());
+}
+
+#[test]
+fn bad_hours() {
+    let t = format!("{MINIMAL}\n[hours]\ntimezone = \"Mars/Base\"\nopen = [\"mon-fri 9-17\"]\n");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("hours.timezone")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("hours.open[0]")), "{p:?}");
+}
+
+#[test]
+fn load_names_file_and_resolves_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bot.toml");
+    std::fs::write(&f, MINIMAL).unwrap();
+    let c = Config::load(&f).unwrap();
+    assert_eq!(c.storage.data_dir, dir.path().join("data"));
+    std::fs::write(&f, "[matrix]\nuser_id = 3\n").unwrap();
+    let e = Config::load(&f).unwrap_err().to_string();
+    assert!(e.contains("bot.toml") && e.contains("matrix"), "{e}");
+}
+
+#[test]
+fn the_default_questionnaire_wires_up_every_monitor_figure() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+    let c = Config::load(&path).unwrap();
+    let ids: Vec<String> = c.monitor_figures().into_iter().map(|f| f.id).collect();
+    assert_eq!(ids, ["minors", "under_15", "still_exploited", "several_perpetrators", "for_themselves"]);
+    // A questionnaire without an age question drops the age figures.
+    let mut c = c;
+    c.intake.questions.retain(|q| q.id != "age");
+    assert!(c.monitor_figures().iter().all(|f| f.question != "age"));
+}
+
+#[test]
+fn configured_monitor_figures_are_checked() {
+    let base = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml")).unwrap();
+    let base = base.replace("min_count = 5", "min_count = 10");
+    let bad = format!(
+        "{base}\n[[stats.monitor]]\nid = \"x\"\nlabel = \"X\"\nquestion = \"age\"\nchoices = [\"under_12\"]\n[[stats.monitor]]\nid = \"y\"\nlabel = \"Y\"\nquestion = \"shoe_size\"\nchoices = [\"42\"]\n"
+    );
+    let c = Config::parse(&bad).unwrap();
+    let p = c.validate();
+    assert!(p.iter().any(|l| l.contains("`stats.monitor[0].choices[0]`") && l.contains("under_12")), "{p:?}");
+    assert!(p.iter().any(|l| l.contains("`stats.monitor[1].question`") && l.contains("shoe_size")), "{p:?}");
+    assert_eq!(c.stats.min_count, 10);
+}
