@@ -19,7 +19,7 @@ pub enum LogFormat {
 /// Turns a `RUST_LOG`-style spec into the filter actually used: a bare
 /// level ("debug") applies to intake-bot only; `target=level` directives
 /// are kept as written; everything else stays at warn.
-pub fn filter_spec(rust_log: Option<&str>) -> String {
+pub(crate) fn filter_spec(rust_log: Option<&str>) -> String {
     let mut own = "info".to_owned();
     let mut extra = Vec::new();
     for d in rust_log.unwrap_or("").split(',').map(str::trim).filter(|d| !d.is_empty()) {
@@ -59,7 +59,7 @@ pub fn init(format: LogFormat) {
 /// values with `<device>` and `<key>` (see [`scrub_devices_and_keys`]).
 /// Every log line passes through it, the SDK's included, so an id quoted in
 /// an error never reaches a log.
-pub fn scrub(s: &str) -> String {
+pub(crate) fn scrub(s: &str) -> String {
     scrub_devices_and_keys(&scrub_ids(s))
 }
 
@@ -71,7 +71,7 @@ const DEVICE_FIELDS: [&str; 4] = ["device_id", "sender_device", "device", "Devic
 /// handles on a visitor's phone across chats. A device id is hidden where
 /// a field names it; any 43-character unpadded base64 token (the shape of
 /// curve25519 and ed25519 keys and of session ids) is hidden wherever it is.
-pub fn scrub_devices_and_keys(s: &str) -> String {
+pub(crate) fn scrub_devices_and_keys(s: &str) -> String {
     let is_delim = |c: char| c.is_whitespace() || "\"'=:,;(){}[]<>".contains(c);
     let mut out = String::with_capacity(s.len());
     // Whether the last word named a device field, and whether a `=`, `:`
@@ -138,7 +138,7 @@ fn scrub_ids(s: &str) -> String {
 }
 
 /// An error, scrubbed of ids, for a log field.
-pub fn scrub_err(e: &dyn std::fmt::Display) -> String {
+pub(crate) fn scrub_err(e: &dyn std::fmt::Display) -> String {
     scrub(&e.to_string())
 }
 

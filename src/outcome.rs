@@ -17,7 +17,7 @@ use crate::intake::questionnaire::Question;
 use crate::intake::{Case, Settings};
 
 /// Outcome tags the bot itself sets; counsellors use the configured tags.
-pub mod tags {
+pub(crate) mod tags {
     /// The visitor left (or quick-exited) before a counsellor closed the case.
     pub const ABANDONED: &str = "abandoned";
     /// The visitor said `stop`.
@@ -59,14 +59,14 @@ pub struct OutcomeRecord {
 }
 
 /// The ISO week of a Unix time, as `YYYY-Www`.
-pub fn iso_week(unix: i64) -> String {
+pub(crate) fn iso_week(unix: i64) -> String {
     let dt = DateTime::from_timestamp(unix, 0).unwrap_or_default();
     let w = dt.iso_week();
     format!("{}-W{:02}", w.year(), w.week())
 }
 
 /// Coarse bucket for a wait; `none` when nobody joined.
-pub fn wait_bucket(secs: Option<i64>) -> &'static str {
+pub(crate) fn wait_bucket(secs: Option<i64>) -> &'static str {
     match secs {
         None => "none",
         Some(s) if s < 60 => "<1m",
@@ -78,7 +78,7 @@ pub fn wait_bucket(secs: Option<i64>) -> &'static str {
 }
 
 /// Coarse bucket for a case's duration.
-pub fn duration_bucket(secs: i64) -> &'static str {
+pub(crate) fn duration_bucket(secs: i64) -> &'static str {
     match secs {
         s if s < 5 * 60 => "<5m",
         s if s < 15 * 60 => "5-15m",
@@ -90,11 +90,11 @@ pub fn duration_bucket(secs: i64) -> &'static str {
 }
 
 /// The order of wait buckets, for medians.
-pub const WAIT_BUCKETS: &[&str] = &["<1m", "1-5m", "5-15m", "15-60m", ">1h"];
+pub(crate) const WAIT_BUCKETS: &[&str] = &["<1m", "1-5m", "5-15m", "15-60m", ">1h"];
 
 impl OutcomeRecord {
     /// The record of `case` ending now with `outcome`.
-    pub fn from_case(s: &Settings, case: &Case, now: i64, outcome: &str) -> OutcomeRecord {
+    pub(crate) fn from_case(s: &Settings, case: &Case, now: i64, outcome: &str) -> OutcomeRecord {
         let answers = case.answers.iter().map(|(q, a)| (q.clone(), a.as_record().to_owned())).collect();
         let wait = match (case.queued_at, case.joined_at) {
             (Some(q), Some(j)) => Some((j - q).max(0)),
@@ -117,7 +117,7 @@ impl OutcomeRecord {
 }
 
 /// The fixed CSV columns before one column per question.
-pub const CSV_FIXED: &[&str] = &[
+pub(crate) const CSV_FIXED: &[&str] = &[
     "case",
     "week",
     "language",

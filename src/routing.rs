@@ -102,6 +102,7 @@ pub struct Router {
 }
 
 impl Router {
+    #[cfg(test)]
     /// A router for the configured counsellors; everyone starts away.
     pub fn new(counsellors: &[String]) -> Router {
         let mut r = Router::default();
@@ -239,11 +240,13 @@ impl Router {
         self.active.get(key).map(String::as_str)
     }
 
+    #[cfg(test)]
     /// Who was offered the case, if anyone.
     pub fn offered_to(&self, key: &str) -> Option<&str> {
         self.offers.get(key).map(|o| o.counsellor.as_str())
     }
 
+    #[cfg(test)]
     /// Whether the case is waiting in the queue.
     pub fn is_queued(&self, key: &str) -> bool {
         self.queue.iter().any(|w| w.key == key)

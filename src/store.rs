@@ -19,7 +19,7 @@ use crate::outcome::OutcomeRecord;
 use crate::routing::Router;
 
 /// The layout version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 const VERSION_KEY: &[u8] = b"schema_version";
 const ROUTER_KEY: &[u8] = b"router";
 
@@ -38,15 +38,15 @@ pub enum StoreError {
 }
 
 /// Paths inside the data directory.
-pub fn state_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn state_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("state")
 }
 /// The matrix-sdk store directory.
-pub fn matrix_dir(data_dir: &Path) -> PathBuf {
+pub(crate) fn matrix_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("matrix")
 }
 /// The persisted Matrix session (device id and access token).
-pub fn session_file(data_dir: &Path) -> PathBuf {
+pub(crate) fn session_file(data_dir: &Path) -> PathBuf {
     data_dir.join("session.json")
 }
 
@@ -60,7 +60,7 @@ pub struct Store {
 }
 
 /// Takes the data directory's lock without blocking.
-pub fn lock(data_dir: &Path) -> Result<File> {
+pub(crate) fn lock(data_dir: &Path) -> Result<File> {
     let path = data_dir.join("intake-bot.lock");
     let f = OpenOptions::new()
         .create(true)
@@ -132,7 +132,7 @@ impl Store {
 
     /// Every case in progress, by case key. Unreadable entries are reported
     /// and skipped rather than stopping the bot.
-    pub fn load_cases(&self) -> Result<BTreeMap<String, Case>> {
+    pub(crate) fn load_cases(&self) -> Result<BTreeMap<String, Case>> {
         let mut out = BTreeMap::new();
         for item in self.cases.iter() {
             let (k, v) = item.context("reading cases")?;
@@ -148,19 +148,19 @@ impl Store {
     }
 
     /// Saves a case in progress under its key (not yet flushed).
-    pub fn save_case(&self, key: &str, case: &Case) -> Result<()> {
+    pub(crate) fn save_case(&self, key: &str, case: &Case) -> Result<()> {
         self.cases.insert(key.as_bytes(), serde_json::to_vec(case)?).context("saving case")?;
         Ok(())
     }
 
     /// Deletes a finished case's state.
-    pub fn delete_case(&self, key: &str) -> Result<()> {
+    pub(crate) fn delete_case(&self, key: &str) -> Result<()> {
         self.cases.remove(key.as_bytes()).context("deleting case")?;
         Ok(())
     }
 
     /// The saved routing state, if any.
-    pub fn load_router(&self) -> Result<Option<Router>> {
+    pub(crate) fn load_router(&self) -> Result<Option<Router>> {
         match self.meta.get(ROUTER_KEY)? {
             None => Ok(None),
             Some(v) => Ok(Some(serde_json::from_slice(&v).context("reading routing state")?)),
@@ -168,7 +168,7 @@ impl Store {
     }
 
     /// Saves the routing state (not yet flushed).
-    pub fn save_router(&self, r: &Router) -> Result<()> {
+    pub(crate) fn save_router(&self, r: &Router) -> Result<()> {
         self.meta.insert(ROUTER_KEY, serde_json::to_vec(r)?).context("saving routing state")?;
         Ok(())
     }
@@ -201,7 +201,7 @@ impl Store {
 }
 
 /// Creates a directory readable only by the bot's user.
-pub fn create_private_dir(dir: &Path) -> Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     #[cfg(unix)]
     {
@@ -214,7 +214,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 
 /// Turns room ids into case keys with a secret-keyed hash.
 #[derive(Clone)]
-pub struct RoomKeyer {
+pub(crate) struct RoomKeyer {
     key: [u8; 32],
 }
 
@@ -226,14 +226,14 @@ impl std::fmt::Debug for RoomKeyer {
 
 impl RoomKeyer {
     /// Derives the hash key from the store passphrase.
-    pub fn from_secret(secret: &str) -> RoomKeyer {
+    pub(crate) fn from_secret(secret: &str) -> RoomKeyer {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
         mac.update(b"intake-bot case key v1");
         RoomKeyer { key: mac.finalize().into_bytes().into() }
     }
 
     /// The case key of a room: 32 hex characters.
-    pub fn key(&self, room_id: &str) -> String {
+    pub(crate) fn key(&self, room_id: &str) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
         mac.update(room_id.as_bytes());
         hex::encode(&mac.finalize().into_bytes()[..16])

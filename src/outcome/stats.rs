@@ -78,7 +78,7 @@ pub struct MonitorFigure {
 
 /// The figures a national monitor asks for, wired to the question and
 /// choice ids of the default questionnaire in `config.example.toml`.
-pub fn default_monitor() -> Vec<MonitorFigure> {
+pub(crate) fn default_monitor() -> Vec<MonitorFigure> {
     let f = |id: &str, label: &str, q: &str, c: &[&str]| MonitorFigure {
         id: id.into(),
         label: label.into(),
@@ -96,7 +96,7 @@ pub fn default_monitor() -> Vec<MonitorFigure> {
 
 /// The built-in figures that `questions` can answer: those whose question
 /// is a choice question with all of the figure's choices.
-pub fn default_monitor_for(questions: &[Question]) -> Vec<MonitorFigure> {
+pub(crate) fn default_monitor_for(questions: &[Question]) -> Vec<MonitorFigure> {
     default_monitor()
         .into_iter()
         .filter(|f| {
@@ -359,7 +359,7 @@ fn section(
 /// Hides counts from 1 to `min - 1` in a breakdown; when exactly one is
 /// hidden, also the next smallest non-zero count, so the total does not
 /// give it away.
-pub fn suppress(counts: BTreeMap<String, usize>, min: usize) -> BTreeMap<String, Cell> {
+pub(crate) fn suppress(counts: BTreeMap<String, usize>, min: usize) -> BTreeMap<String, Cell> {
     let small = |n: usize| n > 0 && n < min;
     let hidden = counts.values().filter(|n| small(**n)).count();
     let mut also: Option<String> = None;
