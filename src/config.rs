@@ -58,6 +58,9 @@ pub struct Config {
     /// `[metrics]`
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[limits]`: caps on open cases, against floods.
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Per language, overrides of built-in texts: `[texts.en] greeting = "..."`.
     #[serde(default)]
     pub texts: BTreeMap<String, BTreeMap<String, String>>,
@@ -87,6 +90,10 @@ pub struct MatrixConfig {
     /// when it changes.
     #[serde(default)]
     pub avatar_file: Option<PathBuf>,
+    /// When not empty: only users of these homeservers get an intake;
+    /// invites from anyone else are declined unseen.
+    #[serde(default)]
+    pub allowed_servers: Vec<String>,
 }
 
 fn default_device_name() -> String {
@@ -286,6 +293,44 @@ pub struct MetricsConfig {
     /// Address to serve `/metrics` and `/healthz` on, e.g. `127.0.0.1:9100`.
     #[serde(default)]
     pub listen: Option<String>,
+}
+
+/// `[limits]`: how many cases may be open at once, in total, per visitor
+/// homeserver and per visitor account. Rooms being joined count too. Over
+/// a cap a room gets one short notice and no case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// All open cases together.
+    #[serde(default = "default_max_open")]
+    pub max_open_cases: usize,
+    /// Open cases of visitors on one homeserver. The bot's own homeserver
+    /// (the web chat's accounts) counts only towards `max_open_cases`.
+    #[serde(default = "default_max_open_per_server")]
+    pub max_open_cases_per_server: usize,
+    /// Open cases of one visitor account.
+    #[serde(default = "default_max_open_per_user")]
+    pub max_open_cases_per_user: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_open_cases: default_max_open(),
+            max_open_cases_per_server: default_max_open_per_server(),
+            max_open_cases_per_user: default_max_open_per_user(),
+        }
+    }
+}
+
+fn default_max_open() -> usize {
+    300
+}
+fn default_max_open_per_server() -> usize {
+    30
+}
+fn default_max_open_per_user() -> usize {
+    1
 }
 
 /// A configuration that could not be loaded or is not usable.

@@ -25,7 +25,8 @@ pub enum Event {
     Visitor { key: String, input: VisitorInput },
     /// The visitor left the room.
     VisitorLeft { key: String },
-    /// A second non-counsellor joined: the chat is no longer one-to-one.
+    /// Someone besides the visitor, the bot and counsellors was invited,
+    /// knocked or joined: the chat is no longer one-to-one.
     Intruder { key: String },
     /// A configured counsellor joined a case room.
     CounsellorJoined { key: String, user: String },
@@ -80,11 +81,27 @@ pub enum VisitorInput {
     Undecryptable,
 }
 
+/// The last message of a case, sent after its record is safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Farewell {
+    /// To the visitor (goodbye, stopped), as a normal message.
+    Visitor(String),
+    /// To the counsellor in a room that is no longer one-to-one.
+    Counsellor(String),
+}
+
 /// What the edge must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Send a notice to the case room.
     Say {
+        key: String,
+        text: String,
+    },
+    /// Send a notice to the counsellor in a case room that is no longer
+    /// one-to-one: the one message that goes out with a stranger present
+    /// (its text says nothing about the case).
+    Warn {
         key: String,
         text: String,
     },
@@ -228,8 +245,15 @@ impl Desk {
             }
             Event::Intruder { key } => {
                 if let Some(case) = self.cases.get(&key) {
-                    let bye = self.settings.say(case.lang(), TextKey::GroupRoom, &[]);
-                    self.end(&key, now, tags::GROUP, Some(bye), &mut out);
+                    // Nothing more for the visitor: a stranger may read it.
+                    // A counsellor in the room is told why the bot goes
+                    // quiet, and staff hear it by case id.
+                    let lang = self.settings.staff_language();
+                    let text = self.settings.say(lang, TextKey::StaffIntruder, &[("case", &case.id)]);
+                    out.push(Action::Staff { text });
+                    let warn = (case.step == Step::Counsellor)
+                        .then(|| Farewell::Counsellor(self.settings.say(lang, TextKey::IntruderCounsellor, &[])));
+                    self.end(&key, now, tags::GROUP, warn, &mut out);
                 }
             }
             Event::CounsellorJoined { key, user } => self.counsellor_joined(&key, &user, now, &mut out),
@@ -269,7 +293,7 @@ impl Desk {
                 Effect::End(Ending::Stopped) => {
                     let lang = self.cases.get(key).map(|c| c.lang().to_owned()).unwrap_or_default();
                     let bye = self.settings.say(&lang, TextKey::Stopped, &[]);
-                    self.end(key, now, tags::STOPPED, Some(bye), out);
+                    self.end(key, now, tags::STOPPED, Some(Farewell::Visitor(bye)), out);
                 }
             }
         }
@@ -302,7 +326,7 @@ impl Desk {
     ///
     /// The case is first stored as closing, so that a crash after the record
     /// but before the goodbye finishes the goodbye on the next start.
-    fn end(&mut self, key: &str, now: i64, outcome: &str, goodbye: Option<String>, out: &mut Vec<Action>) {
+    fn end(&mut self, key: &str, now: i64, outcome: &str, goodbye: Option<Farewell>, out: &mut Vec<Action>) {
         let Some(mut case) = self.cases.remove(key) else { return };
         let record = OutcomeRecord::from_case(&self.settings, &case, now, outcome);
         if goodbye.is_some() {
@@ -310,8 +334,10 @@ impl Desk {
             out.push(Action::MarkClosing { key: key.to_owned(), case: Box::new(case.clone()) });
         }
         out.push(Action::Record(record));
-        if let Some(text) = goodbye {
-            out.push(Action::Say { key: key.to_owned(), text });
+        match goodbye {
+            Some(Farewell::Visitor(text)) => out.push(Action::Say { key: key.to_owned(), text }),
+            Some(Farewell::Counsellor(text)) => out.push(Action::Warn { key: key.to_owned(), text }),
+            None => {}
         }
         out.push(Action::DeleteCase { key: key.to_owned() });
         if let Some(user) = self.router.release(key, now, case.joined_at) {
@@ -329,9 +355,15 @@ impl Desk {
         for key in closing {
             let Some(case) = self.cases.get_mut(&key) else { continue };
             let outcome = case.closing.take().unwrap_or_default();
-            let lang = case.lang().to_owned();
-            let text = if outcome == tags::STOPPED { TextKey::Stopped } else { TextKey::Goodbye };
-            let bye = self.settings.say(&lang, text, &[]);
+            let bye = match outcome.as_str() {
+                tags::GROUP => Farewell::Counsellor(self.settings.say(
+                    self.settings.staff_language(),
+                    TextKey::IntruderCounsellor,
+                    &[],
+                )),
+                tags::STOPPED => Farewell::Visitor(self.settings.say(case.lang(), TextKey::Stopped, &[])),
+                _ => Farewell::Visitor(self.settings.say(case.lang(), TextKey::Goodbye, &[])),
+            };
             self.end(&key, now, &outcome, Some(bye), &mut out);
         }
         out
@@ -384,7 +416,7 @@ impl Desk {
                     Some(tag) => {
                         let lang = self.cases.get(key).map(|c| c.lang().to_owned()).unwrap_or_default();
                         let bye = self.settings.say(&lang, TextKey::Goodbye, &[]);
-                        self.end(key, now, &tag, Some(bye), out);
+                        self.end(key, now, &tag, Some(Farewell::Visitor(bye)), out);
                     }
                     None => {
                         let lang = self.settings.staff_language();

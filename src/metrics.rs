@@ -46,6 +46,8 @@ pub struct Metrics {
     sync_errors: AtomicU64,
     /// Outcome tag -> cases ended with it.
     ended: Mutex<BTreeMap<String, u64>>,
+    /// Reason -> rooms that got no case (over a cap, open, a group...).
+    refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Per bucket of [`WAIT_BUCKETS_SECS`] plus +Inf: observations; and the sum.
     waits: Mutex<(Vec<u64>, u64)>,
     gauges: Mutex<Gauges>,
@@ -70,6 +72,13 @@ impl Metrics {
         }
         if let Ok(mut m) = self.ended.lock() {
             *m.entry(outcome.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    /// A room got no case, for `reason` (a fixed label, never an id).
+    pub fn room_refused(&self, reason: &'static str) {
+        if let Ok(mut m) = self.refused.lock() {
+            *m.entry(reason).or_insert(0) += 1;
         }
     }
 
@@ -159,6 +168,15 @@ impl Metrics {
         if let Ok(m) = self.ended.lock() {
             for (tag, n) in m.iter() {
                 let _ = writeln!(o, "intake_bot_cases_ended_total{{outcome=\"{}\"}} {n}", label(tag));
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP intake_bot_rooms_refused_total Rooms that got no case, by reason (over a cap, open, group...).\n# TYPE intake_bot_rooms_refused_total counter"
+        );
+        if let Ok(m) = self.refused.lock() {
+            for (reason, n) in m.iter() {
+                let _ = writeln!(o, "intake_bot_rooms_refused_total{{reason=\"{reason}\"}} {n}");
             }
         }
         let g = self.gauges.lock().map(|g| *g).unwrap_or_default();

@@ -216,43 +216,6 @@ async fn unencrypted_rooms_are_encrypted_or_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_rooms_are_explained_and_left() {
-    let s = Scene::new(1, &["en"], 120, "").await;
-    let v = &s.visitor;
-    let friend = TestClient::new(&unique("friend")).await;
-    let mut req = CreateRoom::new();
-    req.invite = vec![friend.user_id.clone()];
-    req.preset = Some(RoomPreset::TrustedPrivateChat);
-    req.initial_state = vec![
-        matrix_sdk::ruma::events::InitialStateEvent::with_empty_state_key(
-            matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let room = v.client.create_room(req).await.unwrap().room_id().to_owned();
-    friend.join(&friend.wait_invite().await).await;
-    let bot_id: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
-    v.room(&room).await.invite_user_by_id(&bot_id).await.unwrap();
-    let why = v.expect(&room, "only for one person").await;
-    assert!(why.contains("112"));
-    wait_bot_gone(v, &room, &s.bot.user_id).await;
-    assert!(v.drain(&room).iter().all(|m| !m.contains("(1/6)")));
-
-    // A third person joining in the middle of a case ends it the same way.
-    let dm = v.open_dm(&s.bot.user_id).await;
-    v.expect(&dm, "(1/6)").await;
-    v.room(&dm).await.invite_user_by_id(&friend.user_id).await.unwrap();
-    friend.join(&friend.wait_invite().await).await;
-    v.expect(&dm, "only for one person").await;
-    wait_bot_gone(v, &dm, &s.bot.user_id).await;
-    let mut s = s;
-    s.bot.stop();
-    let records = s.bot.export();
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0]["outcome"], "group");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_input_long_messages_edits_and_floods() {
     let s = Scene::new(1, &["en"], 120, "").await;
     let v = &s.visitor;

@@ -37,6 +37,11 @@ impl Config {
         {
             p.push("key `matrix.display_name`: expected 1 to 100 characters".into());
         }
+        for (i, s) in m.allowed_servers.iter().enumerate() {
+            if s.is_empty() || s.contains(|c: char| c == '@' || c == '/' || c.is_whitespace()) {
+                p.push(format!("key `matrix.allowed_servers[{i}]`: expected a server name like example.org"));
+            }
+        }
         if let Some(f) = &m.avatar_file
             && avatar_mime(f).is_none()
         {
@@ -136,8 +141,18 @@ impl Config {
         }
     }
 
-    /// `[metrics]`, `[privacy]` and `[texts]`.
+    /// `[metrics]`, `[privacy]`, `[limits]` and `[texts]`.
     fn validate_rest(&self, p: &mut Vec<String>) {
+        let l = &self.limits;
+        for (name, v) in [
+            ("max_open_cases", l.max_open_cases),
+            ("max_open_cases_per_server", l.max_open_cases_per_server),
+            ("max_open_cases_per_user", l.max_open_cases_per_user),
+        ] {
+            if v == 0 {
+                p.push(format!("key `limits.{name}`: expected at least 1"));
+            }
+        }
         if let Some(l) = &self.metrics.listen
             && l.parse::<std::net::SocketAddr>().is_err()
         {

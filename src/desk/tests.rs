@@ -411,14 +411,59 @@ fn a_long_wait_is_announced_to_staff() {
     assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("10 minutes")), "{out:?}");
 }
 
+fn warned(actions: &[Action], key: &str) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Warn { key: k, text } if k == key => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn a_third_person_joining_ends_the_case() {
+fn a_third_person_ends_the_case_and_the_bot_says_nothing_more_there() {
     let mut d = desk();
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k", 0);
+    // Before a counsellor is in: no word in the room, the offer withdrawn,
+    // staff told by case id, the case recorded as a group.
     let out = d.handle(1, Event::Intruder { key: "k".into() });
     assert_eq!(record(&out).unwrap().outcome, "group");
-    assert!(said_to(&out, "k")[0].contains("only for one person"));
+    assert!(said_to(&out, "k").is_empty() && warned(&out, "k").is_empty(), "{out:?}");
+    assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }), "{out:?}");
+    assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("someone else")), "{out:?}");
+    assert!(matches!(out.last(), Some(Action::Leave { .. })));
     assert!(d.cases.is_empty());
+    assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })), "no counsellor invited: {out:?}");
+}
+
+#[test]
+fn a_third_person_with_a_counsellor_in_warns_the_counsellor_only() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k", 0);
+    d.handle(2, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    let out = d.handle(3, Event::Intruder { key: "k".into() });
+    assert_eq!(record(&out).unwrap().outcome, "group");
+    assert!(said_to(&out, "k").is_empty(), "nothing for the visitor: {out:?}");
+    let warn = warned(&out, "k");
+    assert_eq!(warn.len(), 1, "{out:?}");
+    // Harmless if the stranger reads it: no case id, no answers.
+    assert!(warn[0].contains("Someone else") && !warn[0].contains("id-k"), "{warn:?}");
+    assert!(staff(&out).iter().any(|t| t.contains("id-k")), "{out:?}");
+    // A crash before the warning went out repeats the warning, nothing else.
+    let Some(Action::MarkClosing { case, .. }) = out.iter().find(|a| matches!(a, Action::MarkClosing { .. })) else {
+        panic!("the case is marked closing first: {out:?}")
+    };
+    let mut restarted = Desk::new(
+        Setup { settings: d.settings.clone(), policy: d.policy, hours: None },
+        [("k".to_owned(), (**case).clone())].into(),
+        d.router.clone(),
+    );
+    let out = restarted.finish_closing(9);
+    assert_eq!(warned(&out, "k").len(), 1, "{out:?}");
+    assert!(said_to(&out, "k").is_empty(), "{out:?}");
 }
 
 #[test]

@@ -47,6 +47,10 @@ text_keys! {
     Undecryptable => "undecryptable",
     NoEncryption => "no_encryption",
     GroupRoom => "group_room",
+    Busy => "busy",
+    BusyOneChat => "busy_one_chat",
+    IntruderCounsellor => "intruder_counsellor",
+    StaffIntruder => "staff_intruder",
     TooLong => "too_long",
     Flood => "flood",
     SummaryTitle => "summary_title",
@@ -104,9 +108,15 @@ fn builtin_en(k: TextKey) -> &'static str {
         NoEncryption => {
             "This chat is not encrypted, so I will not ask you anything here. Please start a new chat and turn on encryption, then invite me again. In danger right now? Call {emergency_number}."
         }
-        GroupRoom => {
-            "This chat is only for one person and the helpline. Please start a new chat with just me. In danger right now? Call {emergency_number}."
+        GroupRoom => "This chat only works one-to-one. Please start a new chat with just me.",
+        Busy => {
+            "It is very busy right now. Please try again a little later. In danger right now? Call {emergency_number}."
         }
+        BusyOneChat => "You already have a chat open with me. Please go on in that chat.",
+        IntruderCounsellor => {
+            "Someone else was added to this chat, so the bot has ended it and sends nothing more here. Please leave this room."
+        }
+        StaffIntruder => "Case {case} ended: someone else was added to the chat.",
         TooLong => "That message is very long. Please keep it short.",
         Flood => "I am getting many messages at once. Please wait a moment, then send one message.",
         SummaryTitle => "New chat (case {case})",
@@ -165,9 +175,13 @@ fn builtin_nl(k: TextKey) -> &'static str {
         NoEncryption => {
             "Deze chat is niet versleuteld, dus ik vraag je hier niets. Begin een nieuwe chat met versleuteling aan en nodig mij opnieuw uit. Nu in gevaar? Bel {emergency_number}."
         }
-        GroupRoom => {
-            "Deze chat is alleen voor één persoon en de hulplijn. Begin een nieuwe chat met alleen mij. Nu in gevaar? Bel {emergency_number}."
+        GroupRoom => "Deze chat werkt alleen met z'n tweeën. Begin een nieuwe chat met alleen mij.",
+        Busy => "Het is nu erg druk. Probeer het over een tijdje opnieuw. Nu in gevaar? Bel {emergency_number}.",
+        BusyOneChat => "Je hebt al een chat met mij open. Ga verder in die chat.",
+        IntruderCounsellor => {
+            "Er is iemand anders aan deze chat toegevoegd, dus de bot heeft hem beëindigd en stuurt hier niets meer. Verlaat deze kamer."
         }
+        StaffIntruder => "Zaak {case} beëindigd: er is iemand anders aan de chat toegevoegd.",
         TooLong => "Dat bericht is erg lang. Hou het kort.",
         Flood => "Ik krijg veel berichten tegelijk. Wacht even en stuur dan één bericht.",
         SummaryTitle => "Nieuwe chat (zaak {case})",

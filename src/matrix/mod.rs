@@ -46,8 +46,8 @@ use crate::store::Store;
 /// What the handlers tell the worker.
 #[derive(Debug)]
 pub(crate) enum Inbound {
-    /// The bot was invited to a room (not the staff room).
-    Invited(Room),
+    /// The bot was invited to a room (not the staff room) by `inviter`.
+    Invited { room: Room, inviter: OwnedUserId },
     /// A message in a room the bot is in.
     Message { room: Room, sender: OwnedUserId, body: Body, event_id: OwnedEventId },
     /// Someone's membership changed in a room the bot is in.
@@ -68,6 +68,10 @@ pub(crate) enum Body {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MemberChange {
     Joined,
+    /// Invited by someone (the bot's own invites of counsellors included).
+    Invited,
+    /// Asked to join (only possible where the join rule allows knocking).
+    Knocked,
     /// Left, was kicked, banned, or declined an invite.
     Left,
 }
@@ -221,6 +225,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let worker_task = tokio::spawn(worker.run(rx, stop_rx));
     let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics, joins.clone(), gate));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
+    tokio::spawn(session::forget_direct_rooms(client.clone()));
     tokio::spawn(session::apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
 
@@ -349,7 +354,7 @@ async fn on_invite(ev: StrippedRoomMemberEvent, client: Client, room: Room, ctx:
         // join_staff_room handles it.
         return;
     }
-    let _ = ctx.tx.send(Inbound::Invited(room)).await;
+    let _ = ctx.tx.send(Inbound::Invited { room, inviter: ev.sender }).await;
 }
 
 /// Hands a message in a joined room, not from the bot, to the worker.
@@ -421,6 +426,8 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
             let change = match ev.content.membership {
                 MembershipState::Join if prev != Some(MembershipState::Join) => MemberChange::Joined,
                 MembershipState::Leave | MembershipState::Ban => MemberChange::Left,
+                MembershipState::Invite if prev != Some(MembershipState::Invite) => MemberChange::Invited,
+                MembershipState::Knock if prev != Some(MembershipState::Knock) => MemberChange::Knocked,
                 _ => return,
             };
             let _ = ctx.tx.send(Inbound::Member { room, user: ev.state_key, change }).await;

@@ -125,3 +125,26 @@ pub async fn apply_profile(client: Client, m: MatrixConfig, data_dir: std::path:
         Err(e) => warn!(error = %scrub_err(&e), "could not upload the avatar"),
     }
 }
+
+/// Empties the bot's `m.direct` account data on the homeserver, which
+/// would list visitors' user ids next to their rooms. The bot joins new
+/// rooms without adding to it; this clears what an older version or
+/// another client left there.
+pub async fn forget_direct_rooms(client: Client) {
+    use matrix_sdk::ruma::events::direct::DirectEventContent;
+    let account = client.account();
+    let listed = match account.account_data::<DirectEventContent>().await {
+        Ok(Some(raw)) => raw.deserialize().map(|d| !d.is_empty()).unwrap_or(true),
+        Ok(None) => false,
+        Err(e) => {
+            debug!(error = %scrub_err(&e), "could not read m.direct");
+            false
+        }
+    };
+    if listed {
+        match account.set_account_data(DirectEventContent::default()).await {
+            Ok(_) => info!("m.direct account data emptied (it listed visitors)"),
+            Err(e) => warn!(error = %scrub_err(&e), "could not empty m.direct account data"),
+        }
+    }
+}

@@ -1,15 +1,33 @@
-//! Admission of a new visitor room: join it, check that it is fit for an
-//! intake (encrypted or encryptable, one-to-one), and open a case, or
-//! explain and leave.
+//! Admission of a new visitor room: look at it before joining, join it,
+//! look again, and open a case, or leave with at most one short notice.
 //!
-//! Joining and checking run in a spawned task per room, so a slow join
-//! never holds the worker; the verdict comes back over a channel and the
-//! worker opens the case in order with everything else.
+//! Anyone on any server can invite the bot (DESIGN.md, privacy rule 8).
+//! Before joining, the invite's stripped state and the room summary tell
+//! the join rule, whether history is world-readable and how many have
+//! joined: public, knock, restricted and world-readable rooms and rooms
+//! that others have joined are declined unseen, so a room of thousands
+//! costs one request and no member list. After joining, the member list
+//! must hold only the inviter (the visitor), the bot and counsellors,
+//! joined, invited or knocking. Where it may, the bot sets history
+//! visibility to `joined`, so that room keys go to joined members only and
+//! a pending invitee never gets one. Over a cap of `[limits]`, a room gets
+//! one short notice and no case.
+//!
+//! Joining and checking run in a spawned task per room (a bounded number
+//! at once, so a flood of invites cannot crowd out the conversations in
+//! hand); the verdict comes back over a channel and the worker opens the
+//! case in order with everything else.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use matrix_sdk::ruma::OwnedUserId;
+use matrix_sdk::ruma::api::client::membership::join_room_by_id;
+use matrix_sdk::ruma::api::client::room::get_summary;
+use matrix_sdk::ruma::events::StateEventType;
+use matrix_sdk::ruma::events::room::history_visibility::HistoryVisibility;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::room::{JoinRule, JoinRuleSummary};
+use matrix_sdk::ruma::{OwnedUserId, UserId};
 use matrix_sdk::{EncryptionState, Room, RoomMemberships};
 use rand::RngCore;
 use tracing::{debug, info, warn};
@@ -18,7 +36,6 @@ use super::Worker;
 use super::now;
 use super::outbox::{Job, spawn_sender};
 use crate::desk::Event;
-use crate::intake::Settings;
 use crate::intake::text::TextKey;
 use crate::matrix::{JoinWatch, scrub_err};
 
@@ -27,11 +44,62 @@ use crate::matrix::{JoinWatch, scrub_err};
 /// own waits take over.
 const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 
+/// How many rooms are looked at and joined at once.
+pub(super) const ADMISSIONS_AT_ONCE: usize = 8;
+
+/// How long the room summary may take before the bot joins without it.
+const SUMMARY_LIMIT: Duration = Duration::from_secs(10);
+
+/// How long the bot waits for its `joined` history visibility to come
+/// back before it says anything in a room it is refusing.
+const VISIBILITY_ECHO_LIMIT: Duration = Duration::from_secs(5);
+
 /// A random case id, never derived from any Matrix id.
 fn new_case_id() -> String {
     let mut b = [0u8; 8];
     rand::thread_rng().fill_bytes(&mut b);
     hex::encode(b)
+}
+
+/// Why a room gets no case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Anyone may join or knock (join rule public, knock or restricted).
+    Open,
+    /// Its history is world-readable.
+    WorldReadable,
+    /// Others besides the inviter have joined, are invited or knock.
+    Group,
+    /// The inviter's server is not in `matrix.allowed_servers`.
+    Server,
+    /// A cap of `[limits]` was reached.
+    Cap(Cap),
+}
+
+impl Refusal {
+    /// The label of the refusal in logs and metrics.
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Refusal::Open => "open_room",
+            Refusal::WorldReadable => "world_readable",
+            Refusal::Group => "group",
+            Refusal::Server => "server_not_allowed",
+            Refusal::Cap(Cap::User) => "cap_user",
+            Refusal::Cap(Cap::Server) => "cap_server",
+            Refusal::Cap(Cap::Total) => "cap_total",
+        }
+    }
+}
+
+/// Which cap of `[limits]` a new room would pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cap {
+    /// `max_open_cases_per_user`
+    User,
+    /// `max_open_cases_per_server`
+    Server,
+    /// `max_open_cases`
+    Total,
 }
 
 /// What preparing a new visitor room found.
@@ -42,39 +110,101 @@ pub(super) enum Verdict {
     /// Not encrypted and the bot may not encrypt it: to be recorded,
     /// explained and left.
     Unencrypted,
-    /// More than one visitor: explained and left.
-    Group,
+    /// No case: declined unseen, or left with at most one short notice.
+    Refused(Refusal),
     /// Could not join.
     Failed,
 }
 
+/// What an admission task needs from the worker.
+struct Admission {
+    require_encryption: bool,
+    counsellors: Arc<[OwnedUserId]>,
+    joins: Arc<JoinWatch>,
+    /// The cap a room is over and its one notice, else `None`.
+    notice: Option<(Cap, String)>,
+    /// The one notice of a room that turned out to be a group.
+    group_notice: String,
+}
+
 impl Worker {
-    /// Starts joining and checking a room the bot was invited to. The
-    /// invite shows up in every sync until the join lands: each room is
-    /// prepared once.
-    pub(super) fn admit(&mut self, room: Room) {
+    /// Starts looking at a room the bot was invited to. The invite shows up
+    /// in every sync until the join lands: each room is looked at once.
+    pub(super) async fn admit(&mut self, room: Room, inviter: OwnedUserId) {
         let key = self.keyer.key(room.room_id().as_str());
-        if self.desk.cases.contains_key(&key) || !self.preparing.insert(key) {
+        if self.desk.cases.contains_key(&key) || self.preparing.contains(&key) {
             return;
         }
+        self.preparing.insert(key.clone());
+        let lang = self.desk.settings.staff_language().to_owned();
+        let refusal = if self.allowed_servers.is_empty()
+            || self.allowed_servers.iter().any(|s| s == inviter.server_name().as_str())
+        {
+            self.over_cap(&inviter).map(Refusal::Cap)
+        } else {
+            Some(Refusal::Server)
+        };
+        let notice = match refusal {
+            Some(Refusal::Cap(cap)) => {
+                let text = if cap == Cap::User { TextKey::BusyOneChat } else { TextKey::Busy };
+                Some((cap, self.desk.settings.say(&lang, text, &[])))
+            }
+            _ => None,
+        };
+        if refusal.is_none() {
+            // Counts towards the caps from now on, while being joined.
+            self.visitors.insert(key, inviter.clone());
+        }
         let tx = self.prepared_tx.clone();
-        let require = self.require_encryption;
-        let counsellors = self.counsellors.clone();
-        let settings = self.desk.settings.clone();
-        let joins = self.joins.clone();
+        let permits = self.admissions.clone();
+        let admission = Admission {
+            require_encryption: self.require_encryption,
+            counsellors: self.counsellors.clone(),
+            joins: self.joins.clone(),
+            notice,
+            group_notice: self.desk.settings.say(&lang, TextKey::GroupRoom, &[]),
+        };
         tokio::spawn(async move {
-            let verdict = prepare(&room, require, &counsellors, &settings, &joins).await;
+            let verdict = match (refusal, permits.acquire_owned().await) {
+                (_, Err(_)) => Verdict::Failed,
+                (Some(Refusal::Server), Ok(_permit)) => {
+                    decline(&room).await;
+                    Verdict::Refused(Refusal::Server)
+                }
+                (_, Ok(_permit)) => prepare(&room, &inviter, &admission).await,
+            };
             let _ = tx.send((room, verdict)).await;
         });
     }
 
+    /// Which cap a new room of `inviter` would pass, if any. Rooms being
+    /// joined count with the open cases.
+    fn over_cap(&self, inviter: &UserId) -> Option<Cap> {
+        let l = &self.limits;
+        let open = self.visitors.values();
+        if open.clone().filter(|v| *v == inviter).count() >= l.max_open_cases_per_user {
+            return Some(Cap::User);
+        }
+        let server = inviter.server_name();
+        let own = self.client.user_id().map(|u| u.server_name());
+        if Some(server) != own
+            && open.clone().filter(|v| v.server_name() == server).count() >= l.max_open_cases_per_server
+        {
+            return Some(Cap::Server);
+        }
+        (open.count() >= l.max_open_cases).then_some(Cap::Total)
+    }
+
     /// Opens the case of a room that passed, or records and leaves one
-    /// that did not.
+    /// that may not be encrypted.
     pub(super) async fn prepared(&mut self, room: Room, verdict: Verdict) {
         let key = self.keyer.key(room.room_id().as_str());
         self.preparing.remove(&key);
         if self.desk.cases.contains_key(&key) {
             return;
+        }
+        if !matches!(verdict, Verdict::Ready) {
+            self.visitors.remove(&key);
         }
         let case_id = new_case_id();
         match verdict {
@@ -91,32 +221,51 @@ impl Worker {
                 let rec = self.desk.refuse_unencrypted(now(), case_id.clone());
                 self.record(&rec).await;
                 let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
-                let q = spawn_sender(room, case_id.clone(), self.gate.clone(), &mut self.senders);
+                let guard = Some(self.counsellors.clone());
+                let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);
                 let _ = q.send(Job::Say(text));
                 let _ = q.send(Job::Leave { case_id, purger: None });
             }
-            Verdict::Group => info!("invited to a group room; explained and left"),
+            Verdict::Refused(why) => {
+                info!(reason = why.label(), "room refused; no case");
+                self.metrics.room_refused(why.label());
+            }
             Verdict::Failed => {}
+        }
+    }
+
+    /// After a restart: the visitor of each restored case, from the room's
+    /// members as the client knows them (memory only, as before).
+    pub(super) async fn learn_visitors(&mut self) {
+        for (key, room) in &self.rooms {
+            let me = room.own_user_id();
+            if let Ok(members) = room.members_no_sync(RoomMemberships::JOIN).await
+                && let Some(v) =
+                    members.iter().map(|m| m.user_id()).find(|u| *u != me && !self.counsellors.iter().any(|c| c == u))
+            {
+                self.visitors.insert(key.clone(), v.to_owned());
+            }
         }
     }
 }
 
-/// Joins a visitor's room and checks it is fit for an intake: encrypted (or
-/// encryptable) and one-to-one. Explains and leaves a group room; an
-/// unencrypted one is left to the worker, which records it first.
-async fn prepare(
-    room: &Room,
-    require_encryption: bool,
-    counsellors: &[OwnedUserId],
-    settings: &Settings,
-    joins: &JoinWatch,
-) -> Verdict {
+/// Looks at a room before and after joining it (see the module doc);
+/// joins only a room that may become a case, and leaves any other.
+async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
+    if let Some(why) = refuse_unseen(room, inviter).await {
+        decline(room).await;
+        return Verdict::Refused(why);
+    }
+    let client = room.client();
     let join = async {
         let mut delay = Duration::from_millis(500);
         let mut tries = 0;
         loop {
-            match room.join().await {
-                Ok(()) => return Ok(()),
+            // A plain join request: the SDK's own join would add the room
+            // to the bot's `m.direct` account data on the homeserver, with
+            // the visitor's user id.
+            match client.send(join_room_by_id::v3::Request::new(room.room_id().to_owned())).await {
+                Ok(_) => return Ok(()),
                 Err(e) if tries + 1 >= 8 => return Err(e),
                 Err(_) => {
                     tries += 1;
@@ -128,39 +277,58 @@ async fn prepare(
     };
     // No message goes into the room before the sync that brings the join
     // (and the key query for its members) is through: see JoinWatch.
-    let synced = match joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
+    let synced = match a.joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
         Ok(((), synced)) => synced,
         Err(e) => {
             warn!(error = %scrub_err(&e), "could not join a visitor's room");
             return Verdict::Failed;
         }
     };
-    let lang = settings.staff_language().to_owned();
     // After that sync the client holds the room's whole state (members are
-    // not lazy-loaded): two requests per new chat fewer for a busy
-    // homeserver. Without it, ask.
-    let (visitors, encrypted) = if synced {
-        (
-            count_visitors(
-                &room.members_no_sync(RoomMemberships::JOIN | RoomMemberships::INVITE).await,
-                room,
-                counsellors,
-            ),
-            matches!(room.encryption_state(), EncryptionState::Encrypted),
-        )
-    } else {
-        (
-            visitors_in(room, counsellors).await,
-            matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted)),
-        )
+    // not lazy-loaded): requests fewer for a busy homeserver. Without it, ask.
+    let everyone = RoomMemberships::JOIN | RoomMemberships::INVITE | RoomMemberships::KNOCK;
+    let members = if synced { room.members_no_sync(everyone).await } else { room.members(everyone).await };
+    let me = room.own_user_id();
+    let strangers: Vec<bool> = match &members {
+        Ok(m) => m
+            .iter()
+            .filter(|m| m.user_id() != me && m.user_id() != inviter && !a.counsellors.iter().any(|c| c == m.user_id()))
+            .map(|m| *m.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join)
+            .collect(),
+        Err(e) => {
+            warn!(error = %scrub_err(e), "could not read a new room's members; leaving it");
+            leave(room).await;
+            return Verdict::Failed;
+        }
     };
-    if visitors > 1 {
-        let text = settings.say(&lang, TextKey::GroupRoom, &[]);
-        let _ = room.send(RoomMessageEventContent::notice_plain(text)).await;
+    if is_open(room.join_rule().as_ref()) {
         leave(room).await;
-        return Verdict::Group;
+        return Verdict::Refused(Refusal::Open);
     }
-    if encrypted || !require_encryption {
+    if room.history_visibility() == Some(HistoryVisibility::WorldReadable) {
+        leave(room).await;
+        return Verdict::Refused(Refusal::WorldReadable);
+    }
+    if !strangers.is_empty() {
+        // One short notice, only where its key goes to joined members and
+        // no stranger has joined: never a key for anyone but the visitor.
+        let joined_only = only_joined_get_keys(room, true).await;
+        if joined_only && !strangers.iter().any(|joined| *joined) && encrypted(room, synced).await {
+            let _ = room.send(RoomMessageEventContent::notice_plain(a.group_notice.clone())).await;
+        }
+        leave(room).await;
+        return Verdict::Refused(Refusal::Group);
+    }
+    // Room keys for joined members only from now on; the first messages
+    // need not wait for it (the visitor alone is in the room, and the
+    // outbox checks the members before each message).
+    only_joined_get_keys(room, false).await;
+    if let Some((cap, text)) = &a.notice {
+        let _ = room.send(RoomMessageEventContent::notice_plain(text.clone())).await;
+        leave(room).await;
+        return Verdict::Refused(Refusal::Cap(*cap));
+    }
+    if encrypted(room, synced).await || !a.require_encryption {
         return Verdict::Ready;
     }
     match room.enable_encryption().await {
@@ -173,26 +341,97 @@ async fn prepare(
     }
 }
 
-/// How many members (joined or invited) are neither the bot nor a
-/// configured counsellor.
-pub(super) async fn visitors_in(room: &Room, counsellors: &[OwnedUserId]) -> usize {
-    count_visitors(&room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await, room, counsellors)
+/// What the invite and the room summary tell before joining: a reason to
+/// decline, or `None` to go on and look again after joining.
+async fn refuse_unseen(room: &Room, inviter: &UserId) -> Option<Refusal> {
+    // The invite's stripped state (join rule and encryption, where the
+    // inviter's server sends them).
+    if is_open(room.join_rule().as_ref()) {
+        return Some(Refusal::Open);
+    }
+    if room.history_visibility() == Some(HistoryVisibility::WorldReadable) {
+        return Some(Refusal::WorldReadable);
+    }
+    // The room summary (MSC3266, in the spec since 1.15), which an invited
+    // user may read: how many have joined, without joining.
+    let request =
+        get_summary::v1::Request::new(room.room_id().to_owned().into(), vec![inviter.server_name().to_owned()]);
+    match tokio::time::timeout(SUMMARY_LIMIT, room.client().send(request)).await {
+        Ok(Ok(r)) => {
+            let s = r.summary;
+            if !matches!(s.join_rule, JoinRuleSummary::Invite | JoinRuleSummary::Private) {
+                return Some(Refusal::Open);
+            }
+            if s.world_readable {
+                return Some(Refusal::WorldReadable);
+            }
+            // The inviter alone has joined a new chat.
+            if u64::from(s.num_joined_members) > 1 {
+                return Some(Refusal::Group);
+            }
+            None
+        }
+        Ok(Err(e)) => {
+            debug!(error = %scrub_err(&e), "no room summary; looking after joining");
+            None
+        }
+        Err(_) => {
+            debug!("room summary took too long; looking after joining");
+            None
+        }
+    }
 }
 
-/// Counts the members who are neither the bot nor a counsellor; a failed
-/// read counts as one visitor (the room is not taken for a group).
-fn count_visitors(
-    members: &matrix_sdk::Result<Vec<matrix_sdk::room::RoomMember>>,
-    room: &Room,
-    counsellors: &[OwnedUserId],
-) -> usize {
-    let me = room.own_user_id();
-    match members {
-        Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count(),
-        Err(e) => {
-            warn!(error = %scrub_err(e), "could not read a room's members");
-            1
+/// Whether a join rule lets people in without an invite.
+fn is_open(rule: Option<&JoinRule>) -> bool {
+    !matches!(rule, None | Some(JoinRule::Invite | JoinRule::Private))
+}
+
+/// Makes room keys go to joined members only: sets the history visibility
+/// to `joined` where the bot may and, with `wait`, waits (briefly) until
+/// the client sees it, since the SDK decides whom to share a key with from
+/// its own copy. Says whether that holds now.
+async fn only_joined_get_keys(room: &Room, wait: bool) -> bool {
+    if room.history_visibility() == Some(HistoryVisibility::Joined) {
+        return true;
+    }
+    let me = room.own_user_id().to_owned();
+    let may =
+        room.power_levels().await.is_ok_and(|p| p.user_can_send_state(&me, StateEventType::RoomHistoryVisibility));
+    if !may {
+        debug!("no power to set history visibility; invitees stay out of the room by the member checks");
+        return false;
+    }
+    if let Err(e) = room.privacy_settings().update_room_history_visibility(HistoryVisibility::Joined).await {
+        debug!(error = %scrub_err(&e), "setting history visibility failed");
+        return false;
+    }
+    if !wait {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + VISIBILITY_ECHO_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        if room.history_visibility() == Some(HistoryVisibility::Joined) {
+            return true;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Whether the room is encrypted, from the join's sync or by asking.
+async fn encrypted(room: &Room, synced: bool) -> bool {
+    if synced {
+        matches!(room.encryption_state(), EncryptionState::Encrypted)
+    } else {
+        matches!(room.latest_encryption_state().await, Ok(EncryptionState::Encrypted))
+    }
+}
+
+/// Declines an invite without joining.
+async fn decline(room: &Room) {
+    if let Err(e) = room.leave().await {
+        debug!(error = %scrub_err(&e), "declining an invite failed");
     }
 }
 

@@ -34,8 +34,8 @@ use crate::intake::text::TextKey;
 use crate::metrics::{Gauges, Metrics};
 use crate::outcome::OutcomeRecord;
 use crate::store::{RoomKeyer, Store};
-use admission::{Verdict, visitors_in};
-use outbox::{Job, Target, coalesce, spawn_sender, staff_notice};
+use admission::Verdict;
+use outbox::{Job, Target, coalesce, one_to_one, spawn_sender, staff_notice};
 
 /// Most events handled between two store flushes.
 const BATCH: usize = 64;
@@ -84,7 +84,16 @@ pub struct Worker {
     pending_staff: Vec<Job>,
     retention_secs: i64,
     require_encryption: bool,
-    counsellors: Vec<OwnedUserId>,
+    counsellors: Arc<[OwnedUserId]>,
+    /// The visitor of each open case and of each room being admitted, in
+    /// memory only: for the caps of `[limits]` and to tell a stranger in
+    /// a case room from its visitor.
+    visitors: HashMap<String, OwnedUserId>,
+    limits: crate::config::LimitsConfig,
+    /// `matrix.allowed_servers`; empty allows every server.
+    allowed_servers: Vec<String>,
+    /// Bounds how many new rooms are looked at and joined at once.
+    admissions: Arc<tokio::sync::Semaphore>,
     purger: Option<Purger>,
     prepared_tx: mpsc::Sender<(Room, Verdict)>,
     prepared_rx: Option<mpsc::Receiver<(Room, Verdict)>>,
@@ -115,7 +124,8 @@ impl Worker {
             }
         }
         info!(cases_in_progress = cases.len(), rooms_found = rooms.len(), "state restored");
-        let counsellors = config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
+        let counsellors: Arc<[OwnedUserId]> =
+            config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
         let purger = match &config.privacy.purge_admin_token_file {
             Some(f) => Some(Purger::new(
                 &config.matrix.homeserver_url,
@@ -143,6 +153,10 @@ impl Worker {
                 .map_or(i64::MAX, |h| h.saturating_mul(3600)),
             require_encryption: config.intake.require_encryption,
             counsellors,
+            visitors: HashMap::new(),
+            limits: config.limits.clone(),
+            allowed_servers: config.matrix.allowed_servers.clone(),
+            admissions: Arc::new(tokio::sync::Semaphore::new(admission::ADMISSIONS_AT_ONCE)),
             purger,
             prepared_tx,
             prepared_rx: Some(prepared_rx),
@@ -156,6 +170,7 @@ impl Worker {
     /// Processes events until `stop` turns true, then flushes the store.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
+        self.learn_visitors().await;
         let closing = self.desk.finish_closing(now());
         self.execute(closing).await;
         self.commit().await;
@@ -221,7 +236,7 @@ impl Worker {
         match msg {
             Inbound::StaffReady(room) => {
                 let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
-                let q = spawn_sender(room, "staff".into(), self.gate.clone(), &mut self.senders);
+                let q = spawn_sender(room, "staff".into(), self.gate.clone(), None, &mut self.senders);
                 let _ = q.send(staff_notice(online));
                 for job in std::mem::take(&mut self.pending_staff) {
                     let _ = q.send(job);
@@ -229,7 +244,7 @@ impl Worker {
                 self.staff = Some(q);
                 info!("staff room joined; online notice queued");
             }
-            Inbound::Invited(room) => self.admit(room),
+            Inbound::Invited { room, inviter } => self.admit(room, inviter).await,
             Inbound::Message { room, sender, body, event_id } => {
                 if room.room_id() == self.staff_room_id {
                     if let Body::Text(text) = body {
@@ -273,11 +288,20 @@ impl Worker {
                     }
                     (true, MemberChange::Left) => Event::CounsellorLeft { key, user: user.to_string() },
                     (false, MemberChange::Left) => Event::VisitorLeft { key },
-                    (false, MemberChange::Joined) => {
-                        // Anyone but the visitor joining makes it a group.
-                        if visitors_in(&room, &self.counsellors).await <= 1 {
+                    (true, MemberChange::Invited | MemberChange::Knocked) => return,
+                    (false, MemberChange::Joined | MemberChange::Invited | MemberChange::Knocked) => {
+                        // Anyone but the visitor invited, knocking or
+                        // joining makes it a group. Where the visitor is
+                        // not known (cannot happen after admission), the
+                        // room's members tell.
+                        let stranger = match self.visitors.get(&key) {
+                            Some(v) => *v != user,
+                            None => !one_to_one(&room, &self.counsellors).await,
+                        };
+                        if !stranger {
                             return;
                         }
+                        info!(case = self.desk.case_id(&key).unwrap_or("?"), "someone else entered a case room");
                         Event::Intruder { key }
                     }
                 };
@@ -325,6 +349,7 @@ impl Worker {
         for a in actions {
             match a {
                 Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
+                Action::Warn { key, text } => self.pending.push((Target::Case(key), Job::Warn(text))),
                 Action::Brief { key, text, html } => self.pending.push((Target::Case(key), Job::Html(text, html))),
                 Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
@@ -400,7 +425,11 @@ impl Worker {
                     };
                     let senders = &mut self.senders;
                     let gate = self.gate.clone();
-                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, gate, senders));
+                    let guard = Some(self.counsellors.clone());
+                    let q = self
+                        .outbox
+                        .entry(key.clone())
+                        .or_insert_with(|| spawn_sender(room, case, gate, guard, senders));
                     let _ = q.send(job);
                     if leaving {
                         self.outbox.remove(&key);
@@ -409,6 +438,7 @@ impl Worker {
                 }
             }
         }
+        self.visitors.retain(|k, _| self.desk.cases.contains_key(k) || self.preparing.contains(k));
     }
 
     fn update_metrics(&mut self) {

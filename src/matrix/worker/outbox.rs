@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use matrix_sdk::Room;
 use matrix_sdk::ruma::OwnedUserId;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::{Room, RoomMemberships};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -32,6 +32,10 @@ pub(super) enum Target {
 #[derive(Debug)]
 pub(super) enum Job {
     Say(String),
+    /// A notice that goes out even when the room is no longer one-to-one:
+    /// the counsellor told why the bot goes quiet (a text safe for a
+    /// stranger to read).
+    Warn(String),
     /// A notice with an HTML body and its plain fallback (for counsellors).
     Html(String, String),
     /// Fetch a user's device keys now, before what follows is encrypted.
@@ -82,7 +86,7 @@ impl Job {
     /// The message this job sends, if it is one.
     fn content(self) -> Option<RoomMessageEventContent> {
         match self {
-            Job::Say(text) => Some(RoomMessageEventContent::notice_plain(text)),
+            Job::Say(text) | Job::Warn(text) => Some(RoomMessageEventContent::notice_plain(text)),
             Job::Html(plain, html) => Some(RoomMessageEventContent::notice_html(plain, html)),
             _ => None,
         }
@@ -114,10 +118,17 @@ pub(super) fn coalesce(jobs: Vec<(Target, Job)>) -> Vec<(Target, Job)> {
 
 /// Starts a room's sender: jobs run one after another, so a room's
 /// messages keep their order, while rooms proceed side by side.
+///
+/// `guard`, for a case room, is the configured counsellors: before each
+/// message and each invite the room's members are checked, and nothing
+/// goes out while anyone but the bot, one visitor and counsellors is
+/// joined, invited or knocking (the worker ends such a case). The staff
+/// room has no guard.
 pub(super) fn spawn_sender(
     room: Room,
     case: String,
     gate: Arc<SendGate>,
+    guard: Option<Arc<[OwnedUserId]>>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -146,11 +157,28 @@ pub(super) fn spawn_sender(
                             break;
                         }
                     }
+                    if let Some(g) = &guard
+                        && !one_to_one(&room, g).await
+                    {
+                        warn!(case = %case, "message withheld: the room is no longer one-to-one");
+                        continue;
+                    }
+                    if let Some(content) = job.content() {
+                        send(&room, &case, content).await;
+                    }
+                }
+                Job::Warn(_) => {
                     if let Some(content) = job.content() {
                         send(&room, &case, content).await;
                     }
                 }
                 Job::Invite(uid, name) => {
+                    if let Some(g) = &guard
+                        && !one_to_one(&room, g).await
+                    {
+                        warn!(case = %case, "counsellor not invited: the room is no longer one-to-one");
+                        continue;
+                    }
                     if let Some(name) = name {
                         name_room(&room, name, &case).await;
                     }
@@ -183,6 +211,20 @@ pub(super) fn spawn_sender(
         }
     }));
     tx
+}
+
+/// Whether the room holds nobody but the bot, one visitor and counsellors
+/// (joined, invited or knocking), as the client knows it now (no request:
+/// the state store is kept current by sync). A failed read counts as no.
+pub(super) async fn one_to_one(room: &Room, counsellors: &[OwnedUserId]) -> bool {
+    let me = room.own_user_id();
+    match room.members_no_sync(RoomMemberships::JOIN | RoomMemberships::INVITE | RoomMemberships::KNOCK).await {
+        Ok(m) => m.iter().filter(|m| m.user_id() != me && !counsellors.iter().any(|c| c == m.user_id())).count() <= 1,
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not read a room's members");
+            false
+        }
+    }
 }
 
 /// Waits at the send gate before a message (see [`SendGate`]).
@@ -258,6 +300,7 @@ mod tests {
                 };
                 let j = match j {
                     Job::Say(s) => format!("Say({s})"),
+                    Job::Warn(s) => format!("Warn({s})"),
                     Job::Html(p, h) => format!("Html({p}|{h})"),
                     Job::Invite(..) => "Invite".into(),
                     Job::Withdraw(_) => "Withdraw".into(),
