@@ -134,7 +134,7 @@ pub async fn forget_direct_rooms(client: Client) {
     use matrix_sdk::ruma::events::direct::DirectEventContent;
     let account = client.account();
     let listed = match account.account_data::<DirectEventContent>().await {
-        Ok(Some(raw)) => raw.deserialize().map(|d| !d.is_empty()).unwrap_or(true),
+        Ok(Some(raw)) => !raw.deserialize().is_ok_and(|d| d.is_empty()),
         Ok(None) => false,
         Err(e) => {
             debug!(error = %scrub_err(&e), "could not read m.direct");

@@ -130,7 +130,7 @@ struct Admission {
 impl Worker {
     /// Starts looking at a room the bot was invited to. The invite shows up
     /// in every sync until the join lands: each room is looked at once.
-    pub(super) async fn admit(&mut self, room: Room, inviter: OwnedUserId) {
+    pub(super) fn admit(&mut self, room: Room, inviter: OwnedUserId) {
         let key = self.keyer.key(room.room_id().as_str());
         if self.desk.cases.contains_key(&key) || self.preparing.contains(&key) {
             return;

@@ -244,7 +244,7 @@ impl Worker {
                 self.staff = Some(q);
                 info!("staff room joined; online notice queued");
             }
-            Inbound::Invited { room, inviter } => self.admit(room, inviter).await,
+            Inbound::Invited { room, inviter } => self.admit(room, inviter),
             Inbound::Message { room, sender, body, event_id } => {
                 if room.room_id() == self.staff_room_id {
                     if let Body::Text(text) = body {
