@@ -16,6 +16,7 @@ use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom
 use matrix_sdk::ruma::events::InitialStateEvent;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent;
+use matrix_sdk::ruma::room::JoinRule;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedUserId, RoomId};
 
@@ -205,16 +206,16 @@ async fn a_stranger_invited_mid_case_reads_nothing_and_staff_hear_it() {
     let stranger = TestClient::new(&unique("stranger")).await;
     v.room(&room).await.invite_user_by_id(&stranger.user_id).await.unwrap();
     // The counsellor is told in the room, staff by case id, and the bot leaves.
-    let warn = c.expect(&room, "Someone else").await;
+    let warn = c.expect(&room, "no longer one-to-one").await;
     assert!(!warn.contains(v.user_id.as_str()), "{warn}");
-    let staff = c.expect(&s.staff_room, "someone else was added").await;
+    let staff = c.expect(&s.staff_room, "no longer one-to-one").await;
     assert!(!staff.contains(v.user_id.as_str()) && !staff.contains(room.as_str()), "{staff}");
     wait_bot_membership(v, &room, &s.bot.user_id, "leave").await;
     // The visitor sees that warning too (it says nothing about them), and
     // nothing else after the invite.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after: Vec<String> = v.drain(&room).into_iter().filter(|m| !m.contains("counsellor is here")).collect();
-    assert!(after.iter().all(|m| m.contains("Someone else")), "{after:?}");
+    assert!(after.iter().all(|m| m.contains("no longer one-to-one")), "{after:?}");
     // The stranger joins and can decrypt none of the bot's messages, the
     // warning sent while they were invited included.
     let sealed = ciphertexts(v, &room, &s.bot.user_id).await;
@@ -236,7 +237,7 @@ async fn a_stranger_invited_before_a_counsellor_stops_the_case_silently() {
     v.expect(&room, "(1/6)").await;
     let stranger = TestClient::new(&unique("stranger")).await;
     v.room(&room).await.invite_user_by_id(&stranger.user_id).await.unwrap();
-    s.counsellors[0].expect(&s.staff_room, "someone else was added").await;
+    s.counsellors[0].expect(&s.staff_room, "no longer one-to-one").await;
     wait_bot_membership(v, &room, &s.bot.user_id, "leave").await;
     // The question was the last thing the bot said; no counsellor invited
     // (the counsellor is away, and nothing is waiting for them).
@@ -308,4 +309,20 @@ async fn the_total_cap_turns_new_chats_away_until_one_ends() {
     let rc2 = c.open_dm(&s.bot.user_id).await;
     c.expect(&rc2, "(1/6)").await;
     assert!(s.bot.log_text().contains("cap_total"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_room_opened_to_strangers_ends_the_case() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    let v = &s.visitor;
+    let room = v.open_dm(&s.bot.user_id).await;
+    v.expect(&room, "(1/6)").await;
+    v.room(&room).await.privacy_settings().update_join_rule(JoinRule::Public).await.unwrap();
+    let staff = s.counsellors[0].expect(&s.staff_room, "no longer one-to-one").await;
+    assert!(!staff.contains(v.user_id.as_str()), "{staff}");
+    wait_bot_membership(v, &room, &s.bot.user_id, "leave").await;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "group");
 }

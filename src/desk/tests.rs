@@ -432,7 +432,7 @@ fn a_third_person_ends_the_case_and_the_bot_says_nothing_more_there() {
     assert_eq!(record(&out).unwrap().outcome, "group");
     assert!(said_to(&out, "k").is_empty() && warned(&out, "k").is_empty(), "{out:?}");
     assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }), "{out:?}");
-    assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("someone else")), "{out:?}");
+    assert!(staff(&out).iter().any(|t| t.contains("id-k") && t.contains("no longer one-to-one")), "{out:?}");
     assert!(matches!(out.last(), Some(Action::Leave { .. })));
     assert!(d.cases.is_empty());
     assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })), "no counsellor invited: {out:?}");
@@ -450,7 +450,7 @@ fn a_third_person_with_a_counsellor_in_warns_the_counsellor_only() {
     let warn = warned(&out, "k");
     assert_eq!(warn.len(), 1, "{out:?}");
     // Harmless if the stranger reads it: no case id, no answers.
-    assert!(warn[0].contains("Someone else") && !warn[0].contains("id-k"), "{warn:?}");
+    assert!(warn[0].contains("no longer one-to-one") && !warn[0].contains("id-k"), "{warn:?}");
     assert!(staff(&out).iter().any(|t| t.contains("id-k")), "{out:?}");
     // A crash before the warning went out repeats the warning, nothing else.
     let Some(Action::MarkClosing { case, .. }) = out.iter().find(|a| matches!(a, Action::MarkClosing { .. })) else {

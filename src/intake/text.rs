@@ -114,9 +114,11 @@ fn builtin_en(k: TextKey) -> &'static str {
         }
         BusyOneChat => "You already have a chat open with me. Please go on in that chat.",
         IntruderCounsellor => {
-            "Someone else was added to this chat, so the bot has ended it and sends nothing more here. Please leave this room."
+            "This chat is no longer one-to-one, so the bot has ended it and sends nothing more here. Please leave this room."
         }
-        StaffIntruder => "Case {case} ended: someone else was added to the chat.",
+        StaffIntruder => {
+            "Case {case} ended: the chat is no longer one-to-one (someone else came in, or it was opened)."
+        }
         TooLong => "That message is very long. Please keep it short.",
         Flood => "I am getting many messages at once. Please wait a moment, then send one message.",
         SummaryTitle => "New chat (case {case})",
@@ -179,9 +181,11 @@ fn builtin_nl(k: TextKey) -> &'static str {
         Busy => "Het is nu erg druk. Probeer het over een tijdje opnieuw. Nu in gevaar? Bel {emergency_number}.",
         BusyOneChat => "Je hebt al een chat met mij open. Ga verder in die chat.",
         IntruderCounsellor => {
-            "Er is iemand anders aan deze chat toegevoegd, dus de bot heeft hem beëindigd en stuurt hier niets meer. Verlaat deze kamer."
+            "Deze chat is niet meer één-op-één, dus de bot heeft hem beëindigd en stuurt hier niets meer. Verlaat deze kamer."
         }
-        StaffIntruder => "Zaak {case} beëindigd: er is iemand anders aan de chat toegevoegd.",
+        StaffIntruder => {
+            "Zaak {case} beëindigd: de chat is niet meer één-op-één (er kwam iemand bij, of hij werd opengesteld)."
+        }
         TooLong => "Dat bericht is erg lang. Hou het kort.",
         Flood => "Ik krijg veel berichten tegelijk. Wacht even en stuur dan één bericht.",
         SummaryTitle => "Nieuwe chat (zaak {case})",

@@ -26,6 +26,12 @@ use super::{Body, Inbound};
 /// How often parked messages are tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
+/// Most messages parked for one room: a visitor waits for a reply long
+/// before this, so more is a flood of undecryptable events.
+pub const PER_ROOM: usize = 16;
+/// Most messages parked in all.
+pub const IN_ALL: usize = 1000;
+
 /// A message waiting for its key.
 #[derive(Debug)]
 pub struct Parked {
@@ -46,8 +52,23 @@ impl<T> Queue<T> {
         Queue { items: VecDeque::new() }
     }
 
-    fn push(&mut self, at: Instant, item: T) {
+    /// Parks `item` unless that would put more than `per_key` items with
+    /// its `key` or more than `in_all` items in the queue; gives it back
+    /// then.
+    fn push<K: PartialEq>(
+        &mut self,
+        at: Instant,
+        item: T,
+        key: impl Fn(&T) -> K,
+        per_key: usize,
+        in_all: usize,
+    ) -> Result<(), T> {
+        let k = key(&item);
+        if self.items.len() >= in_all || self.items.iter().filter(|(_, i)| key(i) == k).count() >= per_key {
+            return Err(item);
+        }
         self.items.push_back((at, item));
+        Ok(())
     }
 
     /// Takes out, in arrival order, each item that `ready` accepts (its
@@ -90,7 +111,24 @@ pub fn spawn(forward: mpsc::Sender<Inbound>, grace: Duration) -> mpsc::Unbounded
         loop {
             tokio::select! {
                 parked = rx.recv() => match parked {
-                    Some(p) => queue.push(Instant::now(), p),
+                    Some(p) => {
+                        let key = |p: &Parked| p.room.room_id().to_owned();
+                        if let Err(p) = queue.push(Instant::now(), p, key, PER_ROOM, IN_ALL) {
+                            // Bounded memory: handed on at once as
+                            // unreadable (the visitor is asked once to
+                            // send it again).
+                            debug!("too many messages waiting for their keys; one handed on unread");
+                            let inbound = Inbound::Message {
+                                room: p.room,
+                                sender: p.sender,
+                                body: Body::Undecryptable,
+                                event_id: p.event_id,
+                            };
+                            if forward.send(inbound).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
                     None => return,
                 },
                 _ = tick.tick(), if !queue.is_empty() => {
@@ -147,9 +185,9 @@ mod tests {
         let t0 = Instant::now();
         let grace = Duration::from_secs(20);
         let mut q = Queue::new();
-        q.push(t0, 1);
-        q.push(t0 + Duration::from_secs(5), 2);
-        q.push(t0 + Duration::from_secs(6), 3);
+        q.push(t0, 1, |_| 0, 10, 10).unwrap();
+        q.push(t0 + Duration::from_secs(5), 2, |_| 0, 10, 10).unwrap();
+        q.push(t0 + Duration::from_secs(6), 3, |_| 0, 10, 10).unwrap();
         // Nothing ready yet and nothing old: all stay.
         assert!(q.take(t0 + Duration::from_secs(7), grace, async |_| None::<i32>).await.is_empty());
         // 1 and 3 are ready: they leave in arrival order, 2 stays.
@@ -165,8 +203,23 @@ mod tests {
     async fn an_item_ready_at_the_deadline_is_still_handed_on_decrypted() {
         let t0 = Instant::now();
         let mut q = Queue::new();
-        q.push(t0, 7);
+        q.push(t0, 7, |_| 0, 10, 10).unwrap();
         let out = q.take(t0 + Duration::from_secs(60), Duration::from_secs(20), async |&i| Some(i)).await;
         assert_eq!(out, vec![Ok::<i32, i32>(7)]);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_per_key_and_in_all() {
+        let t0 = Instant::now();
+        let mut q = Queue::new();
+        let room = |i: &i32| *i % 2;
+        for i in [0, 2, 4] {
+            q.push(t0, i, room, 3, 5).unwrap();
+        }
+        assert_eq!(q.push(t0, 6, room, 3, 5), Err(6), "a fourth for the same key is refused");
+        q.push(t0, 1, room, 3, 5).unwrap();
+        q.push(t0, 3, room, 3, 5).unwrap();
+        assert_eq!(q.push(t0, 5, room, 3, 5), Err(5), "a sixth in all is refused");
+        assert_eq!(q.items.len(), 5);
     }
 }

@@ -28,6 +28,8 @@ use anyhow::Result;
 use matrix_sdk::config::SyncSettings;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
+use matrix_sdk::ruma::events::room::history_visibility::{HistoryVisibility, OriginalSyncRoomHistoryVisibilityEvent};
+use matrix_sdk::ruma::events::room::join_rules::OriginalSyncRoomJoinRulesEvent;
 use matrix_sdk::ruma::events::room::member::{MembershipState, OriginalSyncRoomMemberEvent, StrippedRoomMemberEvent};
 use matrix_sdk::ruma::events::room::message::{
     MessageType, OriginalSyncRoomMessageEvent, Relation, RoomMessageEventContent,
@@ -52,6 +54,9 @@ pub(crate) enum Inbound {
     Message { room: Room, sender: OwnedUserId, body: Body, event_id: OwnedEventId },
     /// Someone's membership changed in a room the bot is in.
     Member { room: Room, user: OwnedUserId, change: MemberChange },
+    /// A room's join rule or history visibility changed so that strangers
+    /// may join or read it.
+    Exposed(Room),
     /// The staff room is joined and writable.
     StaffReady(Room),
 }
@@ -410,6 +415,27 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
                 return;
             }
             let _ = ctx.late.send(late_keys::Parked { room, event: raw, event_id: ev.event_id, sender: ev.sender });
+        }
+    });
+    let c = ctx.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomJoinRulesEvent, room: Room| {
+        let ctx = c.clone();
+        async move {
+            use matrix_sdk::ruma::room::JoinRule;
+            ctx.gate.handling();
+            if !matches!(ev.content.join_rule, JoinRule::Invite | JoinRule::Private) {
+                let _ = ctx.tx.send(Inbound::Exposed(room)).await;
+            }
+        }
+    });
+    let c = ctx.clone();
+    client.add_event_handler(move |ev: OriginalSyncRoomHistoryVisibilityEvent, room: Room| {
+        let ctx = c.clone();
+        async move {
+            ctx.gate.handling();
+            if ev.content.history_visibility == HistoryVisibility::WorldReadable {
+                let _ = ctx.tx.send(Inbound::Exposed(room)).await;
+            }
         }
     });
     let c = ctx;

@@ -273,6 +273,12 @@ impl Worker {
                 };
                 self.dispatch(event).await;
             }
+            Inbound::Exposed(room) => {
+                if let Some(key) = self.case_key(&room) {
+                    info!(case = self.desk.case_id(&key).unwrap_or("?"), "a case room was opened to strangers");
+                    self.dispatch(Event::Intruder { key }).await;
+                }
+            }
             Inbound::Member { room, user, change } => {
                 if room.room_id() == self.staff_room_id {
                     return;
