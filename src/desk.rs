@@ -190,6 +190,16 @@ impl Desk {
         Desk { settings, policy, hours, cases, router, tally: Tally::default() }
     }
 
+    /// Tells where a case's visitor came from (a number per homeserver,
+    /// memory only), so that urgent cases of one server take turns with
+    /// those of others.
+    pub fn set_source(&mut self, key: &str, source: u32) {
+        if let Some(c) = self.cases.get_mut(key) {
+            c.source = source;
+        }
+        self.router.set_source(key, source);
+    }
+
     /// Returns what was tallied since the last call, and starts afresh.
     pub fn take_tally(&mut self) -> Tally {
         std::mem::take(&mut self.tally)
@@ -302,6 +312,7 @@ impl Desk {
     fn enqueue(&mut self, key: &str, now: i64, front: bool, out: &mut Vec<Action>) {
         let Some(case) = self.cases.get(key) else { return };
         self.router.enqueue(key, case.urgent, front, now);
+        self.router.set_source(key, case.source);
         let lang = self.settings.staff_language();
         out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffWaiting, &[("case", &case.id)]) });
         if !self.is_open(now) {

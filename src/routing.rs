@@ -55,6 +55,12 @@ pub struct Waiting {
     /// Whether staff were told this case waits long.
     #[serde(default)]
     pub alerted: bool,
+    /// Where the visitor came from (a number per homeserver, given by the
+    /// edge, memory only; 0 = unknown): urgent cases of one source take
+    /// turns with those of others, so one server cannot fill the front of
+    /// the queue with urgent cases.
+    #[serde(skip)]
+    pub source: u32,
 }
 
 /// An invite with a deadline.
@@ -159,7 +165,18 @@ impl Router {
             declined: Vec::new(),
             told: None,
             alerted: false,
+            source: 0,
         });
+    }
+
+    /// Tells where a case's visitor came from (see [`Waiting::source`]).
+    pub fn set_source(&mut self, key: &str, source: u32) {
+        if let Some(w) = self.queue.iter_mut().find(|w| w.key == key) {
+            w.source = source;
+        }
+        if let Some(o) = self.offers.get_mut(key) {
+            o.waiting.source = source;
+        }
     }
 
     /// Marks a waiting or offered case urgent.
@@ -216,6 +233,7 @@ impl Router {
             declined: Vec::new(),
             told: None,
             alerted: false,
+            source: 0,
         });
         Some(user)
     }
@@ -253,10 +271,27 @@ impl Router {
     }
 
     fn sort_queue(&mut self) {
-        // Urgent first, then transferred cases, then first come first served.
-        self.queue.sort_by(|a, b| {
-            b.urgent.cmp(&a.urgent).then(b.front.cmp(&a.front)).then(a.since.cmp(&b.since)).then(a.key.cmp(&b.key))
-        });
+        // First come first served...
+        self.queue.sort_by(|a, b| a.since.cmp(&b.since).then(a.key.cmp(&b.key)));
+        // ...but urgent first, taking turns between sources: the n-th urgent
+        // case of a source goes after the (n-1)-th of every other source.
+        // Then transferred cases. (A stable sort keeps arrival order within.)
+        let mut seen: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut ranked: Vec<(u32, Waiting)> = std::mem::take(&mut self.queue)
+            .into_iter()
+            .map(|w| {
+                let rank = if w.urgent && w.source != 0 {
+                    let n = seen.entry(w.source).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                } else {
+                    0
+                };
+                (rank, w)
+            })
+            .collect();
+        ranked.sort_by(|(ra, a), (rb, b)| b.urgent.cmp(&a.urgent).then(ra.cmp(rb)).then(b.front.cmp(&a.front)));
+        self.queue = ranked.into_iter().map(|(_, w)| w).collect();
     }
 
     /// Honest estimate: average recent handling time, times the cases ahead,

@@ -198,6 +198,10 @@ pub struct Case {
     /// Messages written while waiting, memory only.
     #[serde(skip)]
     pub waiting_messages: Vec<String>,
+    /// Where the visitor came from, for fair routing (see
+    /// `routing::Waiting::source`), memory only.
+    #[serde(skip)]
+    pub source: u32,
 }
 
 /// Per-case flood control state.
@@ -283,6 +287,7 @@ impl Case {
             closing: None,
             free_text: BTreeMap::new(),
             waiting_messages: Vec::new(),
+            source: 0,
         };
         let mut fx = Vec::new();
         if s.languages.len() > 1 {

@@ -226,3 +226,30 @@ fn long_waits_alert_staff_once() {
     assert!(!r.step(900, true, &p).iter().any(|x| matches!(x, Route::LongWait { .. })));
     assert_eq!(r.next_deadline(&p, true), None);
 }
+
+#[test]
+fn urgent_cases_of_one_server_take_turns_with_other_servers() {
+    let mut r = router(&["@a:x"]);
+    // A flood: five urgent cases from source 7, then a real urgent visitor
+    // from source 3 and a plain one from source 3.
+    for (i, k) in ["f1", "f2", "f3", "f4", "f5"].iter().enumerate() {
+        r.enqueue(k, true, false, i64::try_from(i).unwrap());
+        r.set_source(k, 7);
+    }
+    r.enqueue("real", true, false, 10);
+    r.set_source("real", 3);
+    r.enqueue("plain", false, false, 11);
+    r.set_source("plain", 3);
+    r.step(20, true, &P);
+    let order: Vec<&str> = r.queue.iter().map(|w| w.key.as_str()).collect();
+    // The real visitor is second, not sixth; non-urgent still last.
+    assert_eq!(order, ["f1", "real", "f2", "f3", "f4", "f5", "plain"]);
+    // Without sources (after a restart, before the edge tells them) the
+    // order is as before: urgent first come first served.
+    for w in &mut r.queue {
+        w.source = 0;
+    }
+    r.step(21, true, &P);
+    let order: Vec<&str> = r.queue.iter().map(|w| w.key.as_str()).collect();
+    assert_eq!(order, ["f1", "f2", "f3", "f4", "f5", "real", "plain"]);
+}

@@ -212,7 +212,8 @@ impl Worker {
                 self.rooms.insert(key.clone(), room);
                 info!(case = %case_id, "new case");
                 self.metrics.case_started();
-                self.dispatch(Event::Opened { key, case_id }).await;
+                self.dispatch(Event::Opened { key: key.clone(), case_id }).await;
+                self.tell_source(&key);
             }
             Verdict::Unencrypted => {
                 info!(case = %case_id, "room not encrypted and cannot be; explaining and leaving");
@@ -237,13 +238,14 @@ impl Worker {
     /// After a restart: the visitor of each restored case, from the room's
     /// members as the client knows them (memory only, as before).
     pub(super) async fn learn_visitors(&mut self) {
-        for (key, room) in &self.rooms {
+        for (key, room) in self.rooms.clone() {
             let me = room.own_user_id();
             if let Ok(members) = room.members_no_sync(RoomMemberships::JOIN).await
                 && let Some(v) =
                     members.iter().map(|m| m.user_id()).find(|u| *u != me && !self.counsellors.iter().any(|c| c == u))
             {
                 self.visitors.insert(key.clone(), v.to_owned());
+                self.tell_source(&key);
             }
         }
     }

@@ -92,6 +92,9 @@ pub struct Worker {
     limits: crate::config::LimitsConfig,
     /// `matrix.allowed_servers`; empty allows every server.
     allowed_servers: Vec<String>,
+    /// A number per visitor homeserver, for fair routing of urgent cases
+    /// (memory only).
+    sources: HashMap<matrix_sdk::ruma::OwnedServerName, u32>,
     /// Bounds how many new rooms are looked at and joined at once.
     admissions: Arc<tokio::sync::Semaphore>,
     purger: Option<Purger>,
@@ -156,6 +159,7 @@ impl Worker {
             visitors: HashMap::new(),
             limits: config.limits.clone(),
             allowed_servers: config.matrix.allowed_servers.clone(),
+            sources: HashMap::new(),
             admissions: Arc::new(tokio::sync::Semaphore::new(admission::ADMISSIONS_AT_ONCE)),
             purger,
             prepared_tx,
@@ -314,6 +318,15 @@ impl Worker {
                 self.dispatch(event).await;
             }
         }
+    }
+
+    /// Tells the desk which homeserver a case's visitor is on, as a number
+    /// (see `routing::Waiting::source`).
+    fn tell_source(&mut self, key: &str) {
+        let Some(server) = self.visitors.get(key).map(|v| v.server_name().to_owned()) else { return };
+        let next = u32::try_from(self.sources.len() + 1).unwrap_or(u32::MAX);
+        let source = *self.sources.entry(server).or_insert(next);
+        self.desk.set_source(key, source);
     }
 
     /// The case key of a room with a case in progress.
