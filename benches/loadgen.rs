@@ -8,6 +8,13 @@
 //!
 //!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 30
 //!     cargo bench --bench loadgen -- --visitors 50 --restart-rooms 1000
+//!     cargo bench --bench loadgen -- --flood 300 --flood-secs 60
+//!
+//! `--flood N`: under attack. N accounts (plain HTTP clients, as a flooder
+//! would use) each open a chat with the bot within `--flood-secs`, while
+//! one real visitor on an E2EE client does a whole intake and types an
+//! emergency word; reports the real visitor's emergency reply and turn
+//! latencies, the bot's peak RSS and how many flood rooms got a case.
 //!
 //! Built (not run) by the test command, so it cannot rot. Runs only on
 //! request. Writes its report to `target/loadgen-report.md` and stdout.
@@ -37,10 +44,21 @@ struct Args {
     counsellors: usize,
     restart_rooms: usize,
     baseline: bool,
+    /// Flooding accounts (0: no flood run).
+    flood: usize,
+    flood_secs: f64,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { visitors: 20, ramp_secs: 0.0, counsellors: 0, restart_rooms: 0, baseline: true };
+    let mut a = Args {
+        visitors: 20,
+        ramp_secs: 0.0,
+        counsellors: 0,
+        restart_rooms: 0,
+        baseline: true,
+        flood: 0,
+        flood_secs: 60.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut num = || it.next().and_then(|v| v.parse().ok()).expect("a number after the flag");
@@ -50,6 +68,8 @@ fn parse_args() -> Args {
             "--counsellors" => a.counsellors = num(),
             "--restart-rooms" => a.restart_rooms = num(),
             "--no-baseline" => a.baseline = false,
+            "--flood" => a.flood = num(),
+            "--flood-secs" => a.flood_secs = num() as f64,
             "--bench" => {}
             other => panic!("unknown argument {other}; see the header of benches/loadgen.rs"),
         }
@@ -194,6 +214,9 @@ where
 }
 
 async fn run(args: Args) {
+    if args.flood > 0 {
+        return flood_run(&args).await;
+    }
     let t_setup = Instant::now();
     let hs = Synapse::get();
     eprintln!("loadgen: {} visitors, {} counsellors", args.visitors, args.counsellors);
@@ -555,4 +578,143 @@ async fn restart_run(scene: &mut Scene, rooms: usize) -> f64 {
     v.send(&room, "1").await;
     wait_text(&v, &room, "(2/6)").await.expect("answered after restart");
     t.elapsed().as_secs_f64()
+}
+
+/// One flooding account: registered through the admin API, then plain
+/// HTTP with its access token.
+struct Flooder {
+    token: String,
+}
+
+async fn flooders(n: usize) -> Vec<Flooder> {
+    let hs = Synapse::get();
+    let admin = hs.admin_token().await;
+    let http = reqwest::Client::new();
+    let tag = unique("flood");
+    let mut out = Vec::new();
+    for i in 0..n {
+        let user = format!("@{tag}n{i}:localhost");
+        let r = http
+            .put(format!("{}/_synapse/admin/v2/users/{user}", hs.url))
+            .bearer_auth(&admin)
+            .json(&serde_json::json!({ "password": "flood-password" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "creating {user}");
+        let login: serde_json::Value = http
+            .post(format!("{}/_matrix/client/v3/login", hs.url))
+            .json(&serde_json::json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": user},
+                "password": "flood-password",
+            }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        out.push(Flooder { token: login["access_token"].as_str().unwrap().to_owned() });
+    }
+    out
+}
+
+/// Opens an encrypted DM with the bot the way Element does, over HTTP.
+async fn flood_dm(http: &reqwest::Client, f: &Flooder, bot: &str) -> bool {
+    let body = serde_json::json!({
+        "preset": "trusted_private_chat",
+        "is_direct": true,
+        "invite": [bot],
+        "initial_state": [{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+    });
+    let url = format!("{}/_matrix/client/v3/createRoom", Synapse::get().url);
+    http.post(url).bearer_auth(&f.token).json(&body).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+/// The real visitor's intake under the flood: (turn latencies, time from
+/// the emergency word to its answer).
+async fn real_visitor(v: &TestClient, bot: &str) -> (Vec<Duration>, Option<Duration>, Option<Duration>) {
+    let t = Instant::now();
+    let Ok(room) = v.try_open_dm(bot).await else { return (Vec::new(), None, None) };
+    let Some(first) = wait_text(v, &room, "(1/6)").await else { return (Vec::new(), None, None) };
+    let greeting = Some(first.saturating_duration_since(t));
+    let mut turns = Vec::new();
+    let mut emergency = None;
+    for (i, a) in ANSWERS.iter().enumerate() {
+        if i == 2 {
+            let t = Instant::now();
+            v.send(&room, "please help, I am in danger").await;
+            emergency = wait_text(v, &room, "call 112").await.map(|at| at.saturating_duration_since(t));
+        }
+        let next = if i < 5 { format!("({}/6)", i + 2) } else { "looking for a counsellor".to_owned() };
+        let t = Instant::now();
+        v.send(&room, a).await;
+        match wait_text(v, &room, &next).await {
+            Some(at) => turns.push(at.saturating_duration_since(t)),
+            None => break,
+        }
+    }
+    (turns, emergency, greeting)
+}
+
+/// Under attack: see `--flood` in the header.
+async fn flood_run(args: &Args) {
+    let t0 = Instant::now();
+    let n = args.flood;
+    let flood = flooders(n).await;
+    let real = TestClient::new(&unique("real")).await;
+    eprintln!("loadgen: {n} flooders and a real visitor ready after {:?}", t0.elapsed());
+    let scene = Scene::with_capacity(1, &["en"], 600, 2, "").await;
+    let bot_pid = scene.bot.pid();
+    let (_, rss0) = proc_usage(bot_pid);
+    let bot = scene.bot.user_id.clone();
+    let http = reqwest::Client::new();
+    let spacing = Duration::from_secs_f64(args.flood_secs / n.max(1) as f64);
+    let started = Instant::now();
+    let mut opened = Vec::new();
+    for (i, f) in flood.into_iter().enumerate() {
+        let (http, bot) = (http.clone(), bot.clone());
+        let at = started + spacing * u32::try_from(i).unwrap();
+        opened.push(tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            flood_dm(&http, &f, &bot).await
+        }));
+    }
+    // The real visitor comes a third of the way into the flood.
+    tokio::time::sleep(Duration::from_secs_f64(args.flood_secs / 3.0)).await;
+    let (turns, emergency, greeting) = real_visitor(&real, &bot).await;
+    let mut created = 0;
+    for o in opened {
+        created += usize::from(o.await.unwrap_or(false));
+    }
+    // Let the bot finish with the last rooms.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, rss_peak) = proc_usage(bot_pid);
+    let log = scene.bot.log_text();
+    let cases = log.matches("new case").count();
+    let refused = log.matches("room refused; no case").count();
+    let mut t = turns.clone();
+    let msf = |d: Option<Duration>| d.map_or("-".to_owned(), ms);
+    let report = format!(
+        "Command: `cargo bench --bench loadgen -- --flood {n} --flood-secs {}`\n\n\
+         | measure | value |\n|---|---|\n\
+         | flood rooms created (of {n}, over {} s) | {created} |\n\
+         | cases opened (flood and the real visitor) / rooms refused | {cases} / {refused} |\n\
+         | bot RSS before / peak (MB) | {rss0:.0} / {rss_peak:.0} |\n\
+         | real visitor: open chat -> first question (ms) | {} |\n\
+         | real visitor: emergency word -> emergency answer (ms) | {} |\n\
+         | real visitor: per-turn p50 / max (ms), {} turns | {} / {} |\n",
+        args.flood_secs,
+        args.flood_secs,
+        msf(greeting),
+        msf(emergency),
+        turns.len(),
+        ms(pct(&mut t, 0.5)),
+        ms(pct(&mut t, 1.0)),
+    );
+    println!("{report}");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/loadgen-flood-report.md");
+    std::fs::write(&path, &report).unwrap();
+    eprintln!("loadgen: report written to {}", path.display());
 }
