@@ -234,7 +234,10 @@ async fn run(args: Args) {
 
     // The intake bot.
     let cap = (args.visitors / args.counsellors + 2) as u32;
-    let mut scene = Scene::with_capacity(args.counsellors, &["en"], 600, cap, "").await;
+    // The caps of [limits] are for floods; here many rooms of one visitor
+    // (--restart-rooms) and hundreds of visitors are the point.
+    let limits = "[limits]\nmax_open_cases = 100000\nmax_open_cases_per_user = 1000\n";
+    let mut scene = Scene::with_capacity(args.counsellors, &["en"], 600, cap, limits).await;
     for i in 0..args.counsellors {
         scene.staff(i, "!available", "You are available").await;
     }

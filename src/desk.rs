@@ -408,6 +408,11 @@ impl Desk {
         let Some(user) = self.router.transfer(key, now) else { return };
         let Some(case) = self.cases.get_mut(key) else { return };
         case.back_to_waiting(now);
+        // A transferred case keeps its urgency and its place among sources.
+        if case.urgent {
+            self.router.set_urgent(key);
+        }
+        self.router.set_source(key, case.source);
         let lang = case.lang().to_owned();
         out.push(Action::SaveCase { key: key.to_owned() });
         out.push(Action::Say { key: key.to_owned(), text: self.settings.say(&lang, TextKey::Transferred, &[]) });

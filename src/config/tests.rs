@@ -84,6 +84,13 @@ fn weekday_names_override_needs_seven() {
 }
 
 #[test]
+fn hours_without_ranges_are_refused() {
+    let t = format!("{MINIMAL}\n[hours]\ntimezone = \"Europe/Amsterdam\"\n");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("hours.open") && l.contains("at least one")), "{p:?}");
+}
+
+#[test]
 fn bad_hours() {
     let t = format!("{MINIMAL}\n[hours]\ntimezone = \"Mars/Base\"\nopen = [\"mon-fri 9-17\"]\n");
     let p = Config::parse(&t).unwrap().validate();

@@ -78,6 +78,9 @@ impl Config {
         if h.timezone.parse::<chrono_tz::Tz>().is_err() {
             p.push(format!("key `hours.timezone`: `{}` is not an IANA time zone like Europe/Amsterdam", h.timezone));
         }
+        if h.open.is_empty() {
+            p.push("key `hours.open`: expected at least one range like \"mon-fri 09:00-17:00\" (remove [hours] for always open)".into());
+        }
         for (i, r) in h.open.iter().enumerate() {
             if let Err(e) = crate::hours::parse_range(r) {
                 p.push(format!("key `hours.open[{i}]`: {e}"));

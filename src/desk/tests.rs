@@ -217,6 +217,26 @@ fn transfer_and_counsellor_leaving_requeue() {
 }
 
 #[test]
+fn a_transferred_urgent_case_stays_urgent() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "id-k".into() });
+    d.handle(0, text("k", "in danger"));
+    for a in ["1", "2", "1", "1", "2", "1"] {
+        d.handle(0, text("k", a));
+    }
+    d.handle(2, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    // Another case waits, not urgent, from before the transfer.
+    intake(&mut d, "j", 1);
+    d.handle(4, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!transfer".into() });
+    // With one counsellor free, the urgent case is offered before the
+    // other one, which came earlier to the queue.
+    let offer = d.router.offers.get("k").expect("offered again before the other case");
+    assert!(offer.waiting.urgent, "the transfer dropped the urgency");
+    assert!(d.router.is_queued("j"), "{:?}", d.router);
+}
+
+#[test]
 fn nobody_available_tells_position() {
     let mut d = desk();
     let out = intake(&mut d, "k", 0);

@@ -361,7 +361,9 @@ impl Case {
             self.emergency(s, &mut fx);
             return fx;
         }
-        if text::STOP_WORDS.contains(&folded.as_str()) {
+        // Once a counsellor is in, only the counsellor ends the case: "I want
+        // this to end" must not close a counselling conversation.
+        if self.step != Step::Counsellor && text::STOP_WORDS.contains(&folded.as_str()) {
             // The desk says goodbye after the record is safe.
             fx.push(Effect::End(Ending::Stopped));
             return fx;

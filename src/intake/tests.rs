@@ -128,6 +128,22 @@ fn stop_ends_at_any_step_but_only_as_a_whole_message() {
 }
 
 #[test]
+fn with_a_counsellor_in_stop_words_are_talk_but_emergencies_still_count() {
+    let (s, mut c) = started(&["nl", "en"]);
+    for a in ["2", "1", "1", "1", "1", "1", "1"] {
+        c.handle(&s, 1001, Input::Text(a));
+    }
+    assert_eq!(c.step, Step::Waiting);
+    c.counsellor_joined(&s, 1002);
+    for word in ["stop", "klaar", "end", "exit", "Einde"] {
+        assert!(c.handle(&s, 1003, Input::Text(word)).is_empty(), "{word} ended a counselling conversation");
+    }
+    assert_eq!(c.step, Step::Counsellor);
+    let fx = c.handle(&s, 1004, Input::Text("I am in danger"));
+    assert!(fx.contains(&Effect::BecameUrgent), "{fx:?}");
+}
+
+#[test]
 fn emergency_keyword_anywhere_keeps_question_open() {
     let (s, mut c) = started(&["en"]);
     let fx = c.handle(&s, 1001, Input::Text("Please, I am IN DANGER!!"));
