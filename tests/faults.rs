@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Scene;
+use common::{BotOptions, BotProcess, Scene};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_case_survives_kill_9_and_messages_sent_while_down_are_answered() {
@@ -157,4 +157,47 @@ async fn kill_9_with_an_offer_pending_and_right_after_a_close() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["outcome"], "referred");
     assert_eq!(records[0]["counsellor_joined"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_homeserver_cannot_be_reached_at_start_stops_at_once() {
+    let mut bot = BotProcess::new(BotOptions {
+        counsellors: &[],
+        staff_room: "!nowhere",
+        languages: &["en"],
+        accept_timeout_secs: 120,
+        max_active: 2,
+        extra: "",
+    })
+    .await;
+    // A homeserver that answers every request with 503 (overloaded, or
+    // behind a proxy whose backend is down): the SDK retries the login.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"errcode":"M_UNKNOWN","error":"down"}"#;
+                let resp = format!(
+                    "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let cfg = std::fs::read_to_string(&bot.config).unwrap();
+    let url = common::Synapse::get().url.clone();
+    let cfg = cfg.replace(&url, &format!("http://127.0.0.1:{port}"));
+    std::fs::write(&bot.config, cfg).unwrap();
+    bot.start();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(bot.running(), "the bot gave up at once instead of retrying: {}", bot.log_text());
+    let (status, took) = bot.stop();
+    assert!(status.success(), "{status:?}\n{}", bot.log_text());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(bot.log_text().contains("stopped while starting"));
 }

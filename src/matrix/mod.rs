@@ -174,9 +174,15 @@ struct Ctx {
 /// Runs the bot until `shutdown` resolves.
 pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output = ()>) -> Result<()> {
     info!("starting");
+    // SIGTERM is honoured at any point, also while the homeserver is still
+    // being reached at start (the SDK retries for up to a minute).
+    let mut shutdown = std::pin::pin!(shutdown);
     let store = Store::open(&config.storage.data_dir, true)?;
     debug!("state store open");
-    let (client, fresh_login) = session::connect(&config, &secrets).await?;
+    let (client, fresh_login) = tokio::select! {
+        r = session::connect(&config, &secrets) => r?,
+        () = &mut shutdown => return stopped_while_starting(),
+    };
     let staff_room: OwnedRoomId =
         config.staff.room.as_str().try_into().map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
     let metrics = crate::metrics::Metrics::new();
@@ -203,7 +209,10 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let mut settings = sync_settings();
     if fresh_login {
         // First start: skip the account's history, but upload device keys.
-        let resp = sync_with_retry(&client, settings.clone()).await?;
+        let resp = tokio::select! {
+            r = sync_with_retry(&client, settings.clone()) => r?,
+            () = &mut shutdown => return stopped_while_starting(),
+        };
         settings = settings.token(resp);
         // The invite handler may have run in it.
         let _ = gate.iteration_done();
@@ -245,6 +254,11 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         Ok(Err(e)) => anyhow::bail!("worker task failed: {e}"),
         Err(_) => warn!("worker did not finish within 8 s; exiting anyway"),
     }
+    Ok(())
+}
+
+fn stopped_while_starting() -> Result<()> {
+    info!("stopped while starting; nothing was in hand");
     Ok(())
 }
 

@@ -596,6 +596,11 @@ tags = ["advice", "referred", "other"]
         }
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
     /// The running bot's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("bot is running").id()
