@@ -25,6 +25,12 @@ pub const WAIT_BUCKETS_SECS: &[u64] = &[30, 60, 120, 300, 600, 900, 1800, 3600];
 /// even while a request is still hanging (a sync long-polls for 30 s).
 const HEALTHY_WITHIN_SECS: i64 = 120;
 
+/// The worker beats at least this often while it runs.
+pub const WORKER_BEAT_SECS: u64 = 10;
+
+/// A worker silent for this long makes the bot unhealthy (it is stuck).
+const WORKER_SILENT_SECS: i64 = 60;
+
 /// The gauges, as the worker last saw them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gauges {
@@ -54,6 +60,10 @@ pub struct Metrics {
     /// Unix time of the last successful sync; 0 before the first.
     last_sync_ok: AtomicI64,
     sync_failing: AtomicBool,
+    /// Unix time of the worker's last beat; 0 before its first.
+    worker_beat: AtomicI64,
+    /// Set when a task the bot cannot do without has ended.
+    broken: AtomicBool,
 }
 
 impl Metrics {
@@ -115,10 +125,26 @@ impl Metrics {
         self.sync_failing.store(true, Ordering::Relaxed);
     }
 
-    /// Healthy: the last sync succeeded, recently. The reason when not.
+    /// The worker is alive and turning (see [`WORKER_BEAT_SECS`]).
+    pub fn worker_beat(&self) {
+        self.worker_beat.store(now(), Ordering::Relaxed);
+    }
+
+    /// A task the bot cannot do without has ended: unhealthy from now on.
+    pub fn broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// Healthy: the worker turns and the last sync succeeded, recently. The
+    /// reason when not.
     pub fn health(&self) -> Result<(), &'static str> {
         let last = self.last_sync_ok.load(Ordering::Relaxed);
-        if last == 0 {
+        let beat = self.worker_beat.load(Ordering::Relaxed);
+        if self.broken.load(Ordering::Relaxed) {
+            Err("stopping: a task of the bot ended unexpectedly")
+        } else if beat != 0 && now() - beat > WORKER_SILENT_SECS {
+            Err("the worker has not turned for over a minute")
+        } else if last == 0 {
             Err("not synced yet")
         } else if self.sync_failing.load(Ordering::Relaxed) {
             Err("sync failing: the homeserver does not answer")
@@ -334,6 +360,21 @@ mod tests {
         m.last_sync_ok.store(now() - 3 * 60, Ordering::Relaxed);
         assert!(m.health().is_err());
         assert_eq!(m.sync_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn health_follows_the_worker() {
+        let m = Metrics::default();
+        m.sync_ok();
+        m.worker_beat();
+        assert_eq!(m.health(), Ok(()));
+        // Stuck: the sync loop still runs, but nothing is handled.
+        m.worker_beat.store(now() - 2 * 60, Ordering::Relaxed);
+        assert_eq!(m.health(), Err("the worker has not turned for over a minute"));
+        m.worker_beat();
+        assert_eq!(m.health(), Ok(()));
+        m.broken();
+        assert!(m.health().is_err());
     }
 
     #[test]

@@ -201,3 +201,34 @@ async fn sigterm_while_the_homeserver_cannot_be_reached_at_start_stops_at_once()
     assert!(took < Duration::from_secs(10), "took {took:?}");
     assert!(bot.log_text().contains("stopped while starting"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_worker_turns_healthz_503_and_the_process_exits_non_zero() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    let mut s = Scene::new(1, &["en"], 120, &extra).await;
+    let health = || async move {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.ok()?;
+        Some(r.status().as_u16())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while health().await != Some(200) {
+        assert!(std::time::Instant::now() < deadline, "never healthy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The worker dies (a failpoint of debug builds): the sync loop would go
+    // on, and the bot would be deaf while looking alive.
+    s.counsellors[0].send(&s.staff_room, "!failpoint worker-panic").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut saw_503 = false;
+    while s.bot.running() {
+        saw_503 |= health().await == Some(503);
+        assert!(std::time::Instant::now() < deadline, "the bot lived on without its worker");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = s.bot.wait_exit(Duration::from_secs(1)).expect("exited");
+    assert!(!status.success(), "{status:?}");
+    assert!(saw_503, "/healthz never said the bot was broken");
+    let log = s.bot.log_text();
+    assert!(log.contains("ended unexpectedly"), "{log}");
+}

@@ -39,7 +39,7 @@ use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt};
 use matrix_sdk::{Client, Room, RoomState};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Secrets};
 pub(crate) use crate::logging::scrub_err;
@@ -236,14 +236,22 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
             let _ = stop.changed().await;
         }));
     }
-    let worker_task = tokio::spawn(worker.run(rx, stop_rx));
-    let sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics, joins.clone(), gate));
+    let mut worker_task = tokio::spawn(worker.run(rx, stop_rx));
+    let mut sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics.clone(), joins.clone(), gate));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
     tokio::spawn(session::forget_direct_rooms(client.clone()));
     tokio::spawn(session::apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
 
-    shutdown.await;
+    // Supervision: the worker and the sync loop run until shutdown. If
+    // either ends before, the bot would be deaf while looking alive: it
+    // says so on /healthz and exits non-zero, for the service manager to
+    // restart it.
+    tokio::select! {
+        () = &mut shutdown => {}
+        r = &mut worker_task => return task_died(&metrics, "worker", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}")))).await,
+        r = &mut sync_task => return task_died(&metrics, "sync loop", r.map_err(|e| e.to_string())).await,
+    }
     info!("shutting down: finishing the event in hand");
     sync_task.abort();
     let _ = stop_tx.send(true);
@@ -255,6 +263,20 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         Err(_) => warn!("worker did not finish within 8 s; exiting anyway"),
     }
     Ok(())
+}
+
+/// A task the bot cannot do without ended before shutdown: reported on
+/// /healthz for a moment (so monitoring sees it), then the bot exits with
+/// an error.
+async fn task_died(metrics: &crate::metrics::Metrics, task: &str, how: Result<(), String>) -> Result<()> {
+    metrics.broken();
+    let how = match how {
+        Ok(()) => "returned".to_owned(),
+        Err(e) => scrub_err(&e),
+    };
+    error!(task, how = %how, "a task of the bot ended unexpectedly; exiting so that the service manager restarts it");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::bail!("the {task} ended unexpectedly ({how})")
 }
 
 fn stopped_while_starting() -> Result<()> {

@@ -569,6 +569,8 @@ tags = ["advice", "referred", "other"]
             .arg("run")
             .env("INTAKE_BOT_PASSWORD", "bot-password")
             .env("INTAKE_BOT_STORE_PASSPHRASE", PASSPHRASE)
+            // Debug builds only: lets a test make the worker panic.
+            .env("INTAKE_BOT_TEST_FAILPOINTS", "1")
             .env("RUST_LOG", std::env::var("INTAKE_BOT_TEST_LOG").unwrap_or_else(|_| "trace".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -591,6 +593,22 @@ tags = ["advice", "referred", "other"]
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("bot did not exit within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (at most `limit`) for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -185,7 +185,9 @@ impl Worker {
         self.commit().await;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
+        let mut beat = tokio::time::interval(Duration::from_secs(crate::metrics::WORKER_BEAT_SECS));
         loop {
+            self.metrics.worker_beat();
             let wait = match self.desk.next_deadline(now()) {
                 Some(at) => Duration::from_secs((at - now()).max(0) as u64),
                 None => Duration::from_secs(3600),
@@ -209,6 +211,7 @@ impl Worker {
                 Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
                 _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
                 _ = sweep.tick() => self.sweep().await,
+                _ = beat.tick() => {}
             }
             self.commit().await;
         }
@@ -252,6 +255,13 @@ impl Worker {
             Inbound::Message { room, sender, body, event_id } => {
                 if room.room_id() == self.staff_room_id {
                     if let Body::Text(text) = body {
+                        // Lets the tests see a dying worker taken down with
+                        // the process; absent from release builds.
+                        #[cfg(debug_assertions)]
+                        if text == "!failpoint worker-panic" && std::env::var_os("INTAKE_BOT_TEST_FAILPOINTS").is_some()
+                        {
+                            panic!("failpoint: the worker panics (debug builds, tests only)");
+                        }
                         self.dispatch(Event::Staff { user: sender.to_string(), text }).await;
                     }
                     return;
