@@ -81,6 +81,15 @@ pub enum VisitorInput {
     Undecryptable,
 }
 
+/// What [`Desk::reconcile`] fixed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Queue entries, offers and active entries of cases that are gone.
+    pub dropped: usize,
+    /// Cases waiting for a counsellor that routing had lost.
+    pub requeued: usize,
+}
+
 /// The last message of a case, sent after its record is safe.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Farewell {
@@ -355,6 +364,43 @@ impl Desk {
             out.push(Action::Withdraw { key: key.to_owned(), user });
         }
         out.push(Action::Leave { key: key.to_owned(), case_id: case.id });
+    }
+
+    /// After a restart: makes routing agree with the cases, as a crash
+    /// between their writes may have left them. Drops queue entries, offers
+    /// and active entries of cases that are gone, and puts back in the
+    /// queue a case whose intake is done but which routing does not know
+    /// (a crash between the end of the intake and the invite). Returns what
+    /// was fixed, for the log, and a save of the router if anything was.
+    pub fn reconcile(&mut self, now: i64) -> (Reconciled, Vec<Action>) {
+        let mut fixed = Reconciled::default();
+        let cases = &self.cases;
+        let r = &mut self.router;
+        let before = (r.queue.len(), r.offers.len(), r.active.len());
+        r.queue.retain(|w| cases.contains_key(&w.key));
+        r.offers.retain(|k, _| cases.contains_key(k));
+        r.active.retain(|k, _| cases.contains_key(k));
+        fixed.dropped = before.0 - r.queue.len() + before.1 - r.offers.len() + before.2 - r.active.len();
+        let unrouted: Vec<String> = self
+            .cases
+            .iter()
+            .filter(|(k, c)| {
+                c.step == Step::Waiting
+                    && c.closing.is_none()
+                    && !self.router.is_queued(k)
+                    && !self.router.offers.contains_key(*k)
+                    && !self.router.active.contains_key(*k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &unrouted {
+            let Some(case) = self.cases.get(key) else { continue };
+            self.router.enqueue(key, case.urgent, false, case.queued_at.unwrap_or(now));
+            self.router.set_source(key, case.source);
+        }
+        fixed.requeued = unrouted.len();
+        let save = if fixed.dropped + fixed.requeued > 0 { vec![Action::SaveRouter] } else { Vec::new() };
+        (fixed, save)
     }
 
     /// After a restart: finishes cases that were closing when the bot

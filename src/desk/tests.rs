@@ -531,3 +531,28 @@ fn state_is_saved_before_anything_visible() {
     }
     check(&d.handle(3, Event::CounsellorJoined { key: "k".into(), user: A.into() }));
 }
+
+#[test]
+fn a_restart_reconciles_routing_with_the_cases() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k", 0);
+    intake(&mut d, "gone", 0);
+    // A crash after the case was saved as waiting but before the router
+    // was: the router knows nothing of "k". And a case unreadable at start
+    // ("gone") leaves routing entries behind.
+    let mut router = Router::new(&[A.into(), B.into()]);
+    router.set_available(A, true);
+    router.enqueue("gone", false, false, 0);
+    let mut cases = d.cases.clone();
+    cases.remove("gone");
+    let mut restarted = Desk::new(Setup { settings: d.settings.clone(), policy: d.policy, hours: None }, cases, router);
+    let (fixed, save) = restarted.reconcile(10);
+    assert_eq!(fixed, Reconciled { dropped: 1, requeued: 1 });
+    assert_eq!(save, vec![Action::SaveRouter]);
+    // The lost case is offered at the next step.
+    let out = restarted.handle(11, Event::Tick);
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }), "{out:?}");
+    // Nothing more to fix the second time.
+    assert_eq!(restarted.reconcile(12).0, Reconciled::default());
+}

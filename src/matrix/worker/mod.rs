@@ -175,6 +175,15 @@ impl Worker {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         self.learn_visitors().await;
+        let (fixed, save) = self.desk.reconcile(now());
+        if fixed.dropped + fixed.requeued > 0 {
+            warn!(
+                dropped = fixed.dropped,
+                requeued = fixed.requeued,
+                "routing disagreed with the cases after the restart; fixed"
+            );
+        }
+        self.execute(save).await;
         let closing = self.desk.finish_closing(now());
         self.execute(closing).await;
         self.commit().await;
