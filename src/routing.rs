@@ -264,7 +264,6 @@ impl Router {
         self.offers.get(key).map(|o| o.counsellor.as_str())
     }
 
-    #[cfg(test)]
     /// Whether the case is waiting in the queue.
     pub fn is_queued(&self, key: &str) -> bool {
         self.queue.iter().any(|w| w.key == key)
