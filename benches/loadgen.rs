@@ -605,20 +605,7 @@ async fn flooders(n: usize) -> Vec<Flooder> {
             .await
             .unwrap();
         assert!(r.status().is_success(), "creating {user}");
-        let login: serde_json::Value = http
-            .post(format!("{}/_matrix/client/v3/login", hs.url))
-            .json(&serde_json::json!({
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": user},
-                "password": "flood-password",
-            }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        out.push(Flooder { token: login["access_token"].as_str().unwrap().to_owned() });
+        out.push(Flooder { token: hs.login(&user, "flood-password").await });
     }
     out
 }

@@ -192,15 +192,8 @@ async fn a_stranger_invited_mid_case_reads_nothing_and_staff_hear_it() {
     let mut s = Scene::new(1, &["en"], 120, "").await;
     s.staff(0, "!available", "You are available").await;
     let v = &s.visitor;
-    let room = v.open_dm(&s.bot.user_id).await;
-    for (i, a) in ["1", "2", "1", "1", "2", "1"].iter().enumerate() {
-        v.expect(&room, &format!("({}/6)", i + 1)).await;
-        v.send(&room, a).await;
-    }
+    let room = s.case_with_counsellor(["1", "2", "1", "1", "2", "1"]).await;
     let c = &s.counsellors[0];
-    assert_eq!(c.wait_invite().await, room);
-    c.join(&room).await;
-    c.expect(&room, "New chat").await;
     v.expect(&room, "counsellor is here").await;
     // The visitor's account (or whoever holds it) invites a stranger.
     let stranger = TestClient::new(&unique("stranger")).await;

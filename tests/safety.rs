@@ -184,7 +184,8 @@ async fn an_emergency_word_gets_help_at_once_and_tells_staff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unencrypted_rooms_are_encrypted_or_refused() {
-    let mut s = Scene::new(1, &["en"], 120, "").await;
+    // One visitor opens both rooms while the first case is open.
+    let mut s = Scene::new(1, &["en"], 120, "[limits]\nmax_open_cases_per_user = 2\n").await;
     let v = &s.visitor;
     // Element-style DM without encryption: the bot is a creator and turns
     // encryption on; everything it says is encrypted.
@@ -299,15 +300,8 @@ async fn closed_rooms_are_purged_from_the_homeserver_when_configured() {
     let s = Scene::new(1, &["en"], 120, &extra).await;
     s.staff(0, "!available", "You are available").await;
     let v = &s.visitor;
-    let room = v.open_dm(&s.bot.user_id).await;
-    for (i, a) in ["1", "1", "1", "1", "1", "1"].iter().enumerate() {
-        v.expect(&room, &format!("({}/6)", i + 1)).await;
-        v.send(&room, a).await;
-    }
+    let room = s.case_with_counsellor(["1", "1", "1", "1", "1", "1"]).await;
     let c = &s.counsellors[0];
-    assert_eq!(c.wait_invite().await, room);
-    c.join(&room).await;
-    c.expect(&room, "New chat").await;
     c.send(&room, "!close advice").await;
     v.expect(&room, "ended this chat").await;
     // The room disappears from the homeserver.

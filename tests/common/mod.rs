@@ -192,13 +192,17 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
     pub async fn admin_token(&self) -> String {
         let local = unique("admin");
         self.register_as(&local, "admin-password", true).await;
-        let http = reqwest::Client::new();
+        self.login(&local, "admin-password").await
+    }
+
+    /// Logs a user in over plain HTTP and returns the access token.
+    pub async fn login(&self, user: &str, password: &str) -> String {
         let body = serde_json::json!({
             "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": local},
-            "password": "admin-password",
+            "identifier": {"type": "m.id.user", "user": user},
+            "password": password,
         });
-        let resp: serde_json::Value = http
+        let resp: serde_json::Value = reqwest::Client::new()
             .post(format!("{}/_matrix/client/v3/login", self.url))
             .json(&body)
             .send()
@@ -207,7 +211,7 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
             .json()
             .await
             .unwrap();
-        resp["access_token"].as_str().expect("admin login").to_owned()
+        resp["access_token"].as_str().expect("login").to_owned()
     }
 
     async fn register_as(&self, localpart: &str, password: &str, admin: bool) -> String {
@@ -715,6 +719,22 @@ impl Scene {
         counsellors[0].expect(&staff_room, "intake-bot is online").await;
         eprintln!("scene: bot online after {:?}", t0.elapsed());
         Scene { bot, staff_room, counsellors, visitor }
+    }
+
+    /// The visitor opens a chat and answers every question with `answers`;
+    /// counsellor 0 (available) takes the case and reads the summary.
+    pub async fn case_with_counsellor(&self, answers: [&str; 6]) -> OwnedRoomId {
+        let v = &self.visitor;
+        let room = v.open_dm(&self.bot.user_id).await;
+        for (i, a) in answers.iter().enumerate() {
+            v.expect(&room, &format!("({}/6)", i + 1)).await;
+            v.send(&room, a).await;
+        }
+        let c = &self.counsellors[0];
+        assert_eq!(c.wait_invite().await, room);
+        c.join(&room).await;
+        c.expect(&room, "New chat").await;
+        room
     }
 
     /// Counsellor `i` types in the staff room and waits for the bot's answer.
