@@ -27,7 +27,7 @@ use matrix_sdk::ruma::events::StateEventType;
 use matrix_sdk::ruma::events::room::history_visibility::HistoryVisibility;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::room::{JoinRule, JoinRuleSummary};
-use matrix_sdk::ruma::{OwnedUserId, UserId};
+use matrix_sdk::ruma::{OwnedUserId, ServerName, UserId};
 use matrix_sdk::{EncryptionState, Room, RoomMemberships};
 use rand::RngCore;
 use tracing::{debug, info, warn};
@@ -35,6 +35,7 @@ use tracing::{debug, info, warn};
 use super::Worker;
 use super::now;
 use super::outbox::{Job, spawn_sender};
+use crate::config::LimitsConfig;
 use crate::desk::Event;
 use crate::intake::text::TextKey;
 use crate::matrix::{JoinWatch, scrub_err};
@@ -180,19 +181,8 @@ impl Worker {
     /// Which cap a new room of `inviter` would pass, if any. Rooms being
     /// joined count with the open cases.
     fn over_cap(&self, inviter: &UserId) -> Option<Cap> {
-        let l = &self.limits;
-        let open = self.visitors.values();
-        if open.clone().filter(|v| *v == inviter).count() >= l.max_open_cases_per_user {
-            return Some(Cap::User);
-        }
-        let server = inviter.server_name();
         let own = self.client.user_id().map(|u| u.server_name());
-        if Some(server) != own
-            && open.clone().filter(|v| v.server_name() == server).count() >= l.max_open_cases_per_server
-        {
-            return Some(Cap::Server);
-        }
-        (open.count() >= l.max_open_cases).then_some(Cap::Total)
+        cap_for(self.visitors.values(), inviter, own, &self.limits)
     }
 
     /// Opens the case of a room that passed, or records and leaves one
@@ -249,6 +239,28 @@ impl Worker {
             }
         }
     }
+}
+
+/// Which cap of `limits` a new room of `inviter` would pass, given the
+/// visitors of the open cases (and rooms being joined): per account, per
+/// homeserver (not the bot's own, `own`: the web chat's accounts count only
+/// in all), then in all.
+fn cap_for<'a>(
+    open: impl Iterator<Item = &'a OwnedUserId> + Clone,
+    inviter: &UserId,
+    own: Option<&ServerName>,
+    limits: &LimitsConfig,
+) -> Option<Cap> {
+    if open.clone().filter(|v| *v == inviter).count() >= limits.max_open_cases_per_user {
+        return Some(Cap::User);
+    }
+    let server = inviter.server_name();
+    if Some(server) != own
+        && open.clone().filter(|v| v.server_name() == server).count() >= limits.max_open_cases_per_server
+    {
+        return Some(Cap::Server);
+    }
+    (open.count() >= limits.max_open_cases).then_some(Cap::Total)
 }
 
 /// Looks at a room before and after joining it (see the module doc);
@@ -440,5 +452,31 @@ async fn decline(room: &Room) {
 async fn leave(room: &Room) {
     if room.leave().await.is_ok() {
         let _ = room.forget().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn users(ids: &[&str]) -> Vec<OwnedUserId> {
+        ids.iter().map(|u| UserId::parse(*u).unwrap()).collect()
+    }
+
+    #[test]
+    fn caps_per_account_per_server_and_in_all() {
+        let limits = LimitsConfig { max_open_cases: 5, max_open_cases_per_server: 2, max_open_cases_per_user: 1 };
+        let own = ServerName::parse("helpline.example").ok();
+        let own = own.as_deref();
+        let open = users(&["@a:evil.example", "@b:evil.example", "@c:matrix.example"]);
+        let cap = |who: &str| cap_for(open.iter(), &UserId::parse(who).unwrap(), own, &limits);
+        assert_eq!(cap("@a:evil.example"), Some(Cap::User), "a second chat of one account");
+        assert_eq!(cap("@z:evil.example"), Some(Cap::Server), "a third of one server");
+        assert_eq!(cap("@d:matrix.example"), None, "another server still has room");
+        // The bot's own server (the web chat) counts only in all.
+        let web = users(&["@w1:helpline.example", "@w2:helpline.example", "@w3:helpline.example"]);
+        assert_eq!(cap_for(web.iter(), &UserId::parse("@w4:helpline.example").unwrap(), own, &limits), None);
+        let full = users(&["@1:a.example", "@2:b.example", "@3:c.example", "@4:d.example", "@5:e.example"]);
+        assert_eq!(cap_for(full.iter(), &UserId::parse("@6:f.example").unwrap(), own, &limits), Some(Cap::Total));
     }
 }
