@@ -8,7 +8,7 @@
 //!
 //!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 30
 //!     cargo bench --bench loadgen -- --visitors 50 --restart-rooms 1000
-//!     cargo bench --bench loadgen -- --flood 300 --flood-secs 60
+//!     cargo bench --bench loadgen -- --flood 300 --flood-secs 60 [--flood-max-open 50]
 //!
 //! `--flood N`: under attack. N accounts (plain HTTP clients, as a flooder
 //! would use) each open a chat with the bot within `--flood-secs`, while
@@ -47,6 +47,8 @@ struct Args {
     /// Flooding accounts (0: no flood run).
     flood: usize,
     flood_secs: f64,
+    /// `limits.max_open_cases` for the flood run (0: the default).
+    flood_max_open: usize,
 }
 
 fn parse_args() -> Args {
@@ -58,6 +60,7 @@ fn parse_args() -> Args {
         baseline: true,
         flood: 0,
         flood_secs: 60.0,
+        flood_max_open: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -70,6 +73,7 @@ fn parse_args() -> Args {
             "--no-baseline" => a.baseline = false,
             "--flood" => a.flood = num(),
             "--flood-secs" => a.flood_secs = num() as f64,
+            "--flood-max-open" => a.flood_max_open = num(),
             "--bench" => {}
             other => panic!("unknown argument {other}; see the header of benches/loadgen.rs"),
         }
@@ -655,7 +659,14 @@ async fn flood_run(args: &Args) {
     let flood = flooders(n).await;
     let real = TestClient::new(&unique("real")).await;
     eprintln!("loadgen: {n} flooders and a real visitor ready after {:?}", t0.elapsed());
-    let scene = Scene::with_capacity(1, &["en"], 600, 2, "").await;
+    // All accounts here are on the bot's own homeserver, which counts only
+    // towards max_open_cases: --flood-max-open shows a flood over a cap.
+    let limits = if args.flood_max_open > 0 {
+        format!("[limits]\nmax_open_cases = {}\n", args.flood_max_open)
+    } else {
+        String::new()
+    };
+    let scene = Scene::with_capacity(1, &["en"], 600, 2, &limits).await;
     let bot_pid = scene.bot.pid();
     let (_, rss0) = proc_usage(bot_pid);
     let bot = scene.bot.user_id.clone();
@@ -687,7 +698,7 @@ async fn flood_run(args: &Args) {
     let mut t = turns.clone();
     let msf = |d: Option<Duration>| d.map_or("-".to_owned(), ms);
     let report = format!(
-        "Command: `cargo bench --bench loadgen -- --flood {n} --flood-secs {}`\n\n\
+        "Command: `cargo bench --bench loadgen -- --flood {n} --flood-secs {}{}`\n\n\
          | measure | value |\n|---|---|\n\
          | flood rooms created (of {n}, over {} s) | {created} |\n\
          | cases opened (flood and the real visitor) / rooms refused | {cases} / {refused} |\n\
@@ -696,6 +707,7 @@ async fn flood_run(args: &Args) {
          | real visitor: emergency word -> emergency answer (ms) | {} |\n\
          | real visitor: per-turn p50 / max (ms), {} turns | {} / {} |\n",
         args.flood_secs,
+        if args.flood_max_open > 0 { format!(" --flood-max-open {}", args.flood_max_open) } else { String::new() },
         args.flood_secs,
         msf(greeting),
         msf(emergency),

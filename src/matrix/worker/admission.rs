@@ -19,6 +19,7 @@
 //! case in order with everything else.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use matrix_sdk::ruma::api::client::membership::join_room_by_id;
@@ -47,6 +48,14 @@ const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 
 /// How many rooms are looked at and joined at once.
 pub(super) const ADMISSIONS_AT_ONCE: usize = 8;
+
+/// How many rooms over a cap get their one notice at once (a lane of their
+/// own, beside the admissions).
+pub(super) const REFUSALS_AT_ONCE: usize = 2;
+
+/// With this many refusals waiting, further rooms over a cap are declined
+/// without a notice.
+const REFUSALS_WAITING: usize = 100;
 
 /// How long the room summary may take before the bot joins without it.
 const SUMMARY_LIMIT: Duration = Duration::from_secs(10);
@@ -157,7 +166,18 @@ impl Worker {
             self.visitors.insert(key, inviter.clone());
         }
         let tx = self.prepared_tx.clone();
-        let permits = self.admissions.clone();
+        // Rooms that may become cases and rooms that get no case queue
+        // apart: a flood over the caps never delays a real visitor's chat.
+        let lane = if refusal.is_none() { &self.admissions } else { &self.refusals };
+        let permits = lane.clone();
+        // With too many refusals waiting, the rest are declined unseen
+        // (the notice is "at most one"): the bot's work per refused room
+        // stays minimal and its memory bounded.
+        let crowded = refusal.is_some() && self.refusals_waiting.load(Ordering::Relaxed) >= REFUSALS_WAITING;
+        let waiting = self.refusals_waiting.clone();
+        if refusal.is_some() {
+            waiting.fetch_add(1, Ordering::Relaxed);
+        }
         let admission = Admission {
             require_encryption: self.require_encryption,
             counsellors: self.counsellors.clone(),
@@ -168,12 +188,15 @@ impl Worker {
         tokio::spawn(async move {
             let verdict = match (refusal, permits.acquire_owned().await) {
                 (_, Err(_)) => Verdict::Failed,
-                (Some(Refusal::Server), Ok(_permit)) => {
+                (Some(why), Ok(_permit)) if why == Refusal::Server || crowded => {
                     decline(&room).await;
-                    Verdict::Refused(Refusal::Server)
+                    Verdict::Refused(why)
                 }
                 (_, Ok(_permit)) => prepare(&room, &inviter, &admission).await,
             };
+            if refusal.is_some() {
+                waiting.fetch_sub(1, Ordering::Relaxed);
+            }
             let _ = tx.send((room, verdict)).await;
         });
     }

@@ -95,6 +95,10 @@ pub struct Worker {
     /// A number per visitor homeserver, for fair routing of urgent cases
     /// (memory only).
     sources: HashMap<matrix_sdk::ruma::OwnedServerName, u32>,
+    /// Bounds how many rooms over a cap get their notice at once.
+    refusals: Arc<tokio::sync::Semaphore>,
+    /// Rooms over a cap waiting for their notice.
+    refusals_waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Bounds how many new rooms are looked at and joined at once.
     admissions: Arc<tokio::sync::Semaphore>,
     purger: Option<Purger>,
@@ -160,6 +164,8 @@ impl Worker {
             limits: config.limits.clone(),
             allowed_servers: config.matrix.allowed_servers.clone(),
             sources: HashMap::new(),
+            refusals: Arc::new(tokio::sync::Semaphore::new(admission::REFUSALS_AT_ONCE)),
+            refusals_waiting: Arc::default(),
             admissions: Arc::new(tokio::sync::Semaphore::new(admission::ADMISSIONS_AT_ONCE)),
             purger,
             prepared_tx,
