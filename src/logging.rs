@@ -60,7 +60,50 @@ pub fn init(format: LogFormat) {
 /// Every log line passes through it, the SDK's included, so an id quoted in
 /// an error never reaches a log.
 pub(crate) fn scrub(s: &str) -> String {
-    scrub_devices_and_keys(&scrub_ids(s))
+    scrub_devices_and_keys(&scrub_ids(&scrub_urls(s)))
+}
+
+/// Request URLs in errors carry ids %-encoded (`/rooms/%21abc/send/...`,
+/// `/profile/%40visitor%3Aserver`) and queries may carry anything: in a
+/// URL, every path segment that is not a plain API word becomes `<id>` and
+/// the query becomes `<query>`. Scheme, host and the endpoint's words stay,
+/// so an operator still sees which call failed.
+fn scrub_urls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("http://").or_else(|| rest.find("https://")) {
+        let (before, from) = rest.split_at(start);
+        out.push_str(before);
+        let end = from.find(|c: char| c.is_whitespace() || "\"'<>)]},".contains(c)).unwrap_or(from.len());
+        let (url, after) = from.split_at(end);
+        let scheme_end = url.find("://").map_or(0, |i| i + 3);
+        let (scheme, tail) = url.split_at(scheme_end);
+        let (tail, query) = match tail.split_once('?') {
+            Some((t, _)) => (t, true),
+            None => (tail, false),
+        };
+        let mut segments = tail.split('/');
+        out.push_str(scheme);
+        out.push_str(segments.next().unwrap_or(""));
+        for seg in segments {
+            out.push('/');
+            out.push_str(if is_api_word(seg) { seg } else { "<id>" });
+        }
+        if query {
+            out.push_str("?<query>");
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A path segment of the Matrix APIs that names no one: lower-case words,
+/// versions and event types (`_matrix`, `client`, `v3`, `m.room.message`).
+fn is_api_word(seg: &str) -> bool {
+    seg.len() <= 40
+        && seg.chars().next().is_none_or(|c| c.is_ascii_lowercase() || c == '_')
+        && seg.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
 /// Field names whose value is a device id, as the SDK writes them.
@@ -178,6 +221,24 @@ impl Drop for ScrubWriter {
 #[cfg(test)]
 mod tests {
     use super::{filter_spec, scrub};
+
+    #[test]
+    fn scrub_hides_ids_in_urls_in_any_encoding() {
+        let line = "error sending request for url (https://hs.example:8448/_matrix/client/v3/rooms/%21MwRzLDabc%3Ahs.example/send/m.room.message/m1701.5?user_id=%40visitor%3Ahs.example): 502";
+        let s = scrub(line);
+        assert_eq!(
+            s,
+            "error sending request for url (https://hs.example:8448/_matrix/client/v3/rooms/<id>/send/m.room.message/m1701.5?<query>): 502"
+        );
+        let s = scrub("GET http://127.0.0.1:8008/_matrix/client/v3/profile/%40alice%3Alocalhost/displayname failed");
+        assert_eq!(s, "GET http://127.0.0.1:8008/_matrix/client/v3/profile/<id>/displayname failed");
+        // Room version 12 ids, %-encoded, without a server part.
+        let s = scrub("url: http://h/_matrix/client/v3/rooms/%21Ab_cD-eF/members \"x\"");
+        assert_eq!(s, "url: http://h/_matrix/client/v3/rooms/<id>/members \"x\"");
+        // Plain endpoints stay readable.
+        let s = scrub("(http://127.0.0.1:35027/_matrix/client/versions)");
+        assert_eq!(s, "(http://127.0.0.1:35027/_matrix/client/versions)");
+    }
 
     #[test]
     fn scrub_hides_ids() {
