@@ -293,6 +293,9 @@ pub struct MetricsConfig {
     /// Address to serve `/metrics` and `/healthz` on, e.g. `127.0.0.1:9100`.
     #[serde(default)]
     pub listen: Option<String>,
+    /// Allows a `listen` address beyond this machine (not loopback).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// `[limits]`: how many cases may be open at once, in total, per visitor

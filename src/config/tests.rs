@@ -84,6 +84,17 @@ fn weekday_names_override_needs_seven() {
 }
 
 #[test]
+fn metrics_stay_on_loopback_unless_allowed() {
+    let t = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9100\"\n");
+    let p = Config::parse(&t).unwrap().validate();
+    assert!(p.iter().any(|l| l.contains("metrics.listen") && l.contains("allow_remote")), "{p:?}");
+    let t = format!("{MINIMAL}\n[metrics]\nlisten = \"0.0.0.0:9100\"\nallow_remote = true\n");
+    assert_eq!(Config::parse(&t).unwrap().validate(), Vec::<String>::new());
+    let t = format!("{MINIMAL}\n[metrics]\nlisten = \"[::1]:9100\"\n");
+    assert_eq!(Config::parse(&t).unwrap().validate(), Vec::<String>::new());
+}
+
+#[test]
 fn hours_without_ranges_are_refused() {
     let t = format!("{MINIMAL}\n[hours]\ntimezone = \"Europe/Amsterdam\"\n");
     let p = Config::parse(&t).unwrap().validate();

@@ -156,10 +156,16 @@ impl Config {
                 p.push(format!("key `limits.{name}`: expected at least 1"));
             }
         }
-        if let Some(l) = &self.metrics.listen
-            && l.parse::<std::net::SocketAddr>().is_err()
-        {
-            p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100"));
+        if let Some(l) = &self.metrics.listen {
+            match l.parse::<std::net::SocketAddr>() {
+                Err(_) => p.push(format!("key `metrics.listen`: `{l}` is not an address like 127.0.0.1:9100")),
+                // The figures tell when the helpline is busy and cases are
+                // urgent: not for the network unless the operator says so.
+                Ok(a) if !a.ip().is_loopback() && !self.metrics.allow_remote => p.push(format!(
+                    "key `metrics.listen`: `{l}` is not a loopback address; set metrics.allow_remote = true to serve beyond this machine"
+                )),
+                Ok(_) => {}
+            }
         }
         if self.privacy.in_progress_retention_hours == 0 {
             p.push("key `privacy.in_progress_retention_hours`: expected at least 1".into());
