@@ -16,70 +16,8 @@ use crate::intake::{Case, Effect, Ending, Input, Settings, Step};
 use crate::outcome::{OutcomeRecord, tags};
 use crate::routing::{Policy, Route, Router};
 
-/// Something that happened, as the desk sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The bot is in a new, encrypted visitor room: start the intake.
-    Opened { key: String, case_id: String },
-    /// A message from the visitor of a case.
-    Visitor { key: String, input: VisitorInput },
-    /// The visitor left the room.
-    VisitorLeft { key: String },
-    /// Someone besides the visitor, the bot and counsellors was invited,
-    /// knocked or joined: the chat is no longer one-to-one.
-    Intruder { key: String },
-    /// A configured counsellor joined a case room.
-    CounsellorJoined { key: String, user: String },
-    /// A configured counsellor left a case room or declined its invite.
-    CounsellorLeft { key: String, user: String },
-    /// Text from a configured counsellor in a case room.
-    CounsellorText { key: String, user: String, text: String },
-    /// Text in the staff room.
-    Staff { user: String, text: String },
-    /// Time passed.
-    Tick,
-}
-
-impl Event {
-    /// The kind of event, for logs (never its content).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::Opened { .. } => "opened",
-            Event::Visitor { input: VisitorInput::Text(_), .. } => "visitor_text",
-            Event::Visitor { input: VisitorInput::NonText, .. } => "visitor_non_text",
-            Event::Visitor { input: VisitorInput::Undecryptable, .. } => "visitor_undecryptable",
-            Event::VisitorLeft { .. } => "visitor_left",
-            Event::Intruder { .. } => "intruder",
-            Event::CounsellorJoined { .. } => "counsellor_joined",
-            Event::CounsellorLeft { .. } => "counsellor_left",
-            Event::CounsellorText { .. } => "counsellor_text",
-            Event::Staff { .. } => "staff_text",
-            Event::Tick => "tick",
-        }
-    }
-
-    /// The case key the event is about, if any.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            Event::Opened { key, .. }
-            | Event::Visitor { key, .. }
-            | Event::VisitorLeft { key }
-            | Event::Intruder { key }
-            | Event::CounsellorJoined { key, .. }
-            | Event::CounsellorLeft { key, .. }
-            | Event::CounsellorText { key, .. } => Some(key),
-            Event::Staff { .. } | Event::Tick => None,
-        }
-    }
-}
-
-/// An owned [`Input`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VisitorInput {
-    Text(String),
-    NonText,
-    Undecryptable,
-}
+mod io;
+pub use io::{Action, Event, VisitorInput};
 
 /// What [`Desk::reconcile`] fixed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -97,64 +35,6 @@ enum Farewell {
     Visitor(String),
     /// To the counsellor in a room that is no longer one-to-one.
     Counsellor(String),
-}
-
-/// What the edge must do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Action {
-    /// Send a notice to the case room.
-    Say {
-        key: String,
-        text: String,
-    },
-    /// Send a notice to the counsellor in a case room that is no longer
-    /// one-to-one: the one message that goes out with a stranger present
-    /// (its text says nothing about the case).
-    Warn {
-        key: String,
-        text: String,
-    },
-    /// Send the intake summary (plain and HTML) to the case room.
-    Brief {
-        key: String,
-        text: String,
-        html: String,
-    },
-    /// Send a notice to the staff room.
-    Staff {
-        text: String,
-    },
-    Invite {
-        key: String,
-        user: String,
-    },
-    /// Withdraw an invite or remove a counsellor from a case room.
-    Withdraw {
-        key: String,
-        user: String,
-    },
-    /// Persist the case's in-progress state.
-    SaveCase {
-        key: String,
-    },
-    /// Persist the routing state.
-    SaveRouter,
-    /// Write the outcome record and flush (before the goodbye goes out).
-    Record(OutcomeRecord),
-    /// Persist a case that is being closed (its goodbye may not be sent yet).
-    MarkClosing {
-        key: String,
-        case: Box<Case>,
-    },
-    /// Delete the in-progress state.
-    DeleteCase {
-        key: String,
-    },
-    /// Leave and forget the room (and purge it, where configured).
-    Leave {
-        key: String,
-        case_id: String,
-    },
 }
 
 /// What happened since the edge last looked, for metrics. In memory only.

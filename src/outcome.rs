@@ -51,7 +51,7 @@ pub struct OutcomeRecord {
     pub wait: String,
     /// Time from start to end, bucketed.
     pub duration: String,
-    /// The counsellor's tag, or one of [`tags`].
+    /// The counsellor's tag, or one the bot sets (`tags`).
     pub outcome: String,
     /// For cases that ended before a counsellor joined: the step reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
