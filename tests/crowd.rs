@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Scene, Synapse, TIMEOUT};
+use common::{Scene, Synapse, TIMEOUT, raw_history};
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::room::JoinRule;
 use matrix_sdk::ruma::{OwnedUserId, RoomId};
@@ -90,16 +90,8 @@ async fn a_room_of_thousands_is_declined_unseen_without_a_memory_jump() {
     // Declined: the bot's only event in the room is its leave (a join would
     // be an event of its own too).
     let deadline = Instant::now() + TIMEOUT;
-    let url = format!(
-        "{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=50&filter={}",
-        hs.url,
-        serde_json::json!({ "senders": [s.bot.user_id] })
-    );
-    let token = v.client.access_token().unwrap();
     let events = loop {
-        let resp: serde_json::Value =
-            reqwest::Client::new().get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-        let chunk = resp["chunk"].as_array().unwrap().clone();
+        let chunk = raw_history(v, &room, Some(serde_json::json!({ "senders": [s.bot.user_id] }))).await;
         if !chunk.is_empty() {
             break chunk;
         }

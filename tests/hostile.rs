@@ -10,8 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Scene, Synapse, TIMEOUT, TestClient, unique};
-use matrix_sdk::room::MessagesOptions;
+use common::{Scene, Synapse, TIMEOUT, TestClient, bot_messages, raw_history, unique};
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::events::InitialStateEvent;
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
@@ -20,38 +19,11 @@ use matrix_sdk::ruma::room::JoinRule;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedUserId, RoomId};
 
-/// The bot's messages in `room` as `who`'s client sees them from the
-/// server: (decrypted, body or event type).
-async fn bot_messages(who: &TestClient, room: &RoomId, bot: &str) -> Vec<(bool, String)> {
-    let r = who.room(room).await;
-    let msgs = r.messages(MessagesOptions::backward()).await.unwrap();
-    let mut out = Vec::new();
-    for ev in msgs.chunk {
-        let raw = ev.raw();
-        if raw.get_field::<String>("sender").unwrap().as_deref() != Some(bot) {
-            continue;
-        }
-        let ty = raw.get_field::<String>("type").unwrap().unwrap_or_default();
-        if ty == "m.room.message" || ty == "m.room.encrypted" {
-            let content = raw.get_field::<serde_json::Value>("content").unwrap().unwrap_or_default();
-            let body = content["body"].as_str().unwrap_or(&ty).to_owned();
-            out.push((ty == "m.room.message", body));
-        }
-    }
-    out
-}
-
 /// The bot's encrypted events in `room` as the server stores them, read
 /// with the token of `reader` (a member who may see them).
 async fn ciphertexts(reader: &TestClient, room: &RoomId, bot: &str) -> Vec<Raw<OriginalSyncRoomEncryptedEvent>> {
-    let hs = Synapse::get();
-    let url = format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100", hs.url);
-    let token = reader.client.access_token().unwrap();
-    let resp: serde_json::Value =
-        reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    resp["chunk"]
-        .as_array()
-        .unwrap()
+    raw_history(reader, room, None)
+        .await
         .iter()
         .filter(|e| e["sender"] == bot && e["type"] == "m.room.encrypted")
         .map(|e| Raw::from_json(serde_json::value::to_raw_value(e).unwrap()))
@@ -61,12 +33,7 @@ async fn ciphertexts(reader: &TestClient, room: &RoomId, bot: &str) -> Vec<Raw<O
 /// Whether the room's history holds a join of `user`, read with the token
 /// of `reader`.
 async fn ever_joined(reader: &TestClient, room: &RoomId, user: &str) -> bool {
-    let hs = Synapse::get();
-    let url = format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100", hs.url);
-    let token = reader.client.access_token().unwrap();
-    let resp: serde_json::Value =
-        reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
-    let chunk = resp["chunk"].as_array().unwrap();
+    let chunk = raw_history(reader, room, None).await;
     assert!(chunk.iter().any(|e| e["type"] == "m.room.create"), "the whole history was read");
     chunk.iter().any(|e| e["type"] == "m.room.member" && e["state_key"] == user && e["content"]["membership"] == "join")
 }
@@ -139,7 +106,7 @@ async fn an_accomplice_invited_beside_the_bot_decrypts_nothing() {
     wait_bot_membership(v, &room, &s.bot.user_id, "leave").await;
     let seen = bot_messages(v, &room, &s.bot.user_id).await;
     assert_eq!(seen.len(), 1, "one message and no question: {seen:?}");
-    assert!(seen[0].0, "the visitor reads it: {seen:?}");
+    assert!(seen[0].decrypted, "the visitor reads it: {seen:?}");
     // The accomplice joins afterwards. History is `joined` now, so the
     // server does not even show them the bot's message; and handed the
     // ciphertext (as the visitor's server holds it), with time for any room
@@ -149,7 +116,7 @@ async fn an_accomplice_invited_beside_the_bot_decrypts_nothing() {
     assert_eq!(decryptable(v, &room, &sealed).await, 1, "positive control: the visitor can");
     accomplice.join(&accomplice.wait_invite().await).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(bot_messages(&accomplice, &room, &s.bot.user_id).await.iter().all(|(decrypted, _)| !decrypted));
+    assert!(bot_messages(&accomplice, &room, &s.bot.user_id).await.iter().all(|m| !m.decrypted));
     assert_eq!(decryptable(&accomplice, &room, &sealed).await, 0, "the accomplice got a room key");
     assert!(accomplice.drain(&room).is_empty());
     s.bot.stop();

@@ -9,9 +9,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Scene, Synapse, TIMEOUT, TestClient, all_files, contains_bytes, unique};
+use common::{Scene, Synapse, TIMEOUT, TestClient, all_files, bot_messages, contains_bytes, unique};
 use matrix_sdk::RoomMemberships;
-use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::RoomId;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::events::reaction::ReactionEventContent;
@@ -19,29 +18,6 @@ use matrix_sdk::ruma::events::relation::Annotation;
 use matrix_sdk::ruma::events::room::message::{
     LocationMessageEventContent, MessageType, ReplacementMetadata, RoomMessageEventContent,
 };
-
-/// Every message the bot sent in `room`, as the visitor's client fetches
-/// it from the server: (was it encrypted, body or type).
-async fn bot_messages(v: &TestClient, room: &RoomId, bot: &str) -> Vec<(bool, String)> {
-    let r = v.room(room).await;
-    let msgs = r.messages(MessagesOptions::backward()).await.unwrap();
-    let mut out = Vec::new();
-    for ev in msgs.chunk {
-        let raw = ev.raw();
-        if raw.get_field::<String>("sender").unwrap().as_deref() != Some(bot) {
-            continue;
-        }
-        let ty = raw.get_field::<String>("type").unwrap().unwrap_or_default();
-        if ty == "m.room.message" || ty == "m.room.encrypted" {
-            let body = raw.get_field::<serde_json::Value>("content").unwrap().unwrap_or_default()["body"]
-                .as_str()
-                .unwrap_or(&ty)
-                .to_owned();
-            out.push((ev.encryption_info().is_some() || ty == "m.room.encrypted", body));
-        }
-    }
-    out
-}
 
 async fn wait_bot_gone(v: &TestClient, room: &RoomId, bot: &str) {
     let r = v.room(room).await;
@@ -179,7 +155,7 @@ async fn an_emergency_word_gets_help_at_once_and_tells_staff() {
     // Every message the bot sent here was encrypted.
     let sent = bot_messages(v, &room, &s.bot.user_id).await;
     assert!(sent.len() >= 5, "{sent:?}");
-    assert!(sent.iter().all(|(enc, _)| *enc), "{sent:?}");
+    assert!(sent.iter().all(|m| m.encrypted), "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,7 +172,7 @@ async fn unencrypted_rooms_are_encrypted_or_refused() {
     let room = v.client.create_room(req).await.unwrap().room_id().to_owned();
     v.expect(&room, "(1/6)").await;
     let sent = bot_messages(v, &room, &s.bot.user_id).await;
-    assert!(!sent.is_empty() && sent.iter().all(|(enc, _)| *enc), "{sent:?}");
+    assert!(!sent.is_empty() && sent.iter().all(|m| m.encrypted), "{sent:?}");
 
     // A private_chat room gives the bot no power: one plain explanation,
     // no question, and the bot leaves.
@@ -209,7 +185,7 @@ async fn unencrypted_rooms_are_encrypted_or_refused() {
     wait_bot_gone(v, &plain, &s.bot.user_id).await;
     let sent = bot_messages(v, &plain, &s.bot.user_id).await;
     assert_eq!(sent.len(), 1, "{sent:?}");
-    assert!(!sent[0].1.contains("(1/6)"));
+    assert!(!sent[0].body.contains("(1/6)"));
 
     s.bot.stop();
     let records = s.bot.export();

@@ -765,3 +765,54 @@ pub fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// One of the bot's messages as a client fetched it from the server.
+#[derive(Debug)]
+pub struct BotMessage {
+    /// Sent encrypted.
+    pub encrypted: bool,
+    /// The fetching client could decrypt it.
+    pub decrypted: bool,
+    /// Its body, or its event type when unreadable.
+    pub body: String,
+}
+
+/// Every message the bot sent in `room`, as `who`'s client fetches it from
+/// the server (newest first).
+pub async fn bot_messages(who: &TestClient, room: &RoomId, bot: &str) -> Vec<BotMessage> {
+    let r = who.room(room).await;
+    let msgs = r.messages(matrix_sdk::room::MessagesOptions::backward()).await.unwrap();
+    let mut out = Vec::new();
+    for ev in msgs.chunk {
+        let raw = ev.raw();
+        if raw.get_field::<String>("sender").unwrap().as_deref() != Some(bot) {
+            continue;
+        }
+        let ty = raw.get_field::<String>("type").unwrap().unwrap_or_default();
+        if ty == "m.room.message" || ty == "m.room.encrypted" {
+            let content = raw.get_field::<serde_json::Value>("content").unwrap().unwrap_or_default();
+            let body = content["body"].as_str().unwrap_or(&ty).to_owned();
+            let decrypted = ty == "m.room.message";
+            out.push(BotMessage { encrypted: ev.encryption_info().is_some() || !decrypted, decrypted, body });
+        }
+    }
+    out
+}
+
+/// The last 100 events of `room` as the server stores them (newest first,
+/// ciphertexts as they are), read with `reader`'s token; `filter` is a
+/// room event filter.
+pub async fn raw_history(
+    reader: &TestClient,
+    room: &RoomId,
+    filter: Option<serde_json::Value>,
+) -> Vec<serde_json::Value> {
+    let mut url = format!("{}/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=100", Synapse::get().url);
+    if let Some(f) = filter {
+        url.push_str(&format!("&filter={f}"));
+    }
+    let token = reader.client.access_token().unwrap();
+    let resp: serde_json::Value =
+        reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    resp["chunk"].as_array().unwrap().clone()
+}
