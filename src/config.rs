@@ -61,6 +61,10 @@ pub struct Config {
     /// `[limits]`: caps on open cases, against floods.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[web]`: the visitor page for people without a Matrix account;
+    /// absent means no web chat.
+    #[serde(default)]
+    pub web: Option<WebConfig>,
     /// Per language, overrides of built-in texts: `[texts.en] greeting = "..."`.
     #[serde(default)]
     pub texts: BTreeMap<String, BTreeMap<String, String>>,
@@ -94,10 +98,58 @@ pub struct MatrixConfig {
     /// invites from anyone else are declined unseen.
     #[serde(default)]
     pub allowed_servers: Vec<String>,
+    /// A file holding a Synapse admin access token (else
+    /// `INTAKE_BOT_ADMIN_TOKEN`, else `privacy.purge_admin_token_file`):
+    /// room purges, and the web chat's sign-up tokens and account deletion.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 fn default_device_name() -> String {
     "intake-bot".to_owned()
+}
+
+/// `[web]`: the anonymous web chat (DESIGN.md, "Web chat").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    /// Where the bot serves the page and its sign-up endpoint, `127.0.0.1:8090`;
+    /// in production behind the helpline's HTTPS reverse proxy.
+    pub listen: String,
+    /// The homeserver's address as the visitor's browser reaches it.
+    pub public_homeserver_url: String,
+    /// Where "Leave quickly" takes the visitor: an ordinary, harmless page.
+    pub quick_exit_url: String,
+    /// The built page (`web/dist`, made by `npm run build` in `web/`).
+    #[serde(default = "default_web_assets")]
+    pub assets_dir: PathBuf,
+    /// The localpart prefix of the throwaway accounts the page creates; the
+    /// bot deletes accounts with it on its own homeserver when their chat ends.
+    #[serde(default = "default_web_prefix")]
+    pub account_prefix: String,
+    /// Sign-up tokens handed out per minute at most (all visitors together).
+    #[serde(default = "default_signups_per_minute")]
+    pub signups_per_minute: u32,
+    /// A web account with no open chat is deleted after this many minutes
+    /// (a page closed before it opened a chat).
+    #[serde(default = "default_idle_account")]
+    pub idle_account_minutes: u64,
+}
+
+fn default_web_assets() -> PathBuf {
+    PathBuf::from("web/dist")
+}
+
+fn default_web_prefix() -> String {
+    "web-".to_owned()
+}
+
+fn default_signups_per_minute() -> u32 {
+    30
+}
+
+fn default_idle_account() -> u64 {
+    10
 }
 
 /// `[storage]`: the only directory the bot writes to.
@@ -409,6 +461,12 @@ impl Config {
         }
         if let Some(p) = self.matrix.avatar_file.as_mut() {
             fix(p);
+        }
+        if let Some(p) = self.matrix.admin_token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(w) = self.web.as_mut() {
+            fix(&mut w.assets_dir);
         }
     }
 

@@ -27,6 +27,7 @@
 //!   listener;
 //! - [`logging`]: tracing set up so that no id or message text reaches a
 //!   log line;
+//! - `web`: the web chat's page, settings and sign-up tokens;
 //! - `clock`: the one place the wall clock is read.
 #![recursion_limit = "256"]
 
@@ -41,3 +42,4 @@ mod metrics;
 pub mod outcome;
 mod routing;
 pub mod store;
+pub(crate) mod web;

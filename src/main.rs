@@ -109,7 +109,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let secrets = Secrets::load(&config.matrix)?;
+    let secrets = Secrets::load(&config.matrix, config.privacy.purge_admin_token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     rt.block_on(async move { intake_bot::matrix::run(config, secrets, shutdown_signal()).await })?;
     // The SDK may hold background tasks; do not wait for them.

@@ -12,6 +12,9 @@ pub struct Secrets {
     pub password: String,
     /// Encrypts the SDK's store; also keys the hashes of room ids.
     pub store_passphrase: String,
+    /// A Synapse admin token (`INTAKE_BOT_ADMIN_TOKEN`, else
+    /// `matrix.admin_token_file`, else `privacy.purge_admin_token_file`).
+    pub admin_token: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -23,8 +26,14 @@ impl fmt::Debug for Secrets {
 impl Secrets {
     /// From `INTAKE_BOT_PASSWORD` / `INTAKE_BOT_STORE_PASSPHRASE`, else from
     /// the files named in `[matrix]`.
-    pub fn load(m: &MatrixConfig) -> anyhow::Result<Secrets> {
+    pub fn load(m: &MatrixConfig, purge_token_file: Option<&Path>) -> anyhow::Result<Secrets> {
+        let admin_token = match (m.admin_token_file.as_deref(), purge_token_file) {
+            (Some(f), _) => Some(secret("INTAKE_BOT_ADMIN_TOKEN", Some(f), "matrix.admin_token_file")?),
+            (None, Some(f)) => Some(secret("INTAKE_BOT_ADMIN_TOKEN", Some(f), "privacy.purge_admin_token_file")?),
+            (None, None) => std::env::var("INTAKE_BOT_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
+        };
         Ok(Secrets {
+            admin_token,
             password: secret("INTAKE_BOT_PASSWORD", m.password_file.as_deref(), "matrix.password_file")?,
             store_passphrase: secret(
                 "INTAKE_BOT_STORE_PASSPHRASE",

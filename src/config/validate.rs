@@ -21,7 +21,39 @@ impl Config {
         self.validate_outcomes(&mut p);
         p.extend(self.validate_stats());
         self.validate_rest(&mut p);
+        self.validate_web(&mut p);
         p
+    }
+
+    /// `[web]`: addresses, the prefix, and an admin token to mint sign-ups with.
+    fn validate_web(&self, p: &mut Vec<String>) {
+        let Some(w) = &self.web else { return };
+        if w.listen.parse::<std::net::SocketAddr>().is_err() {
+            p.push(format!("key `web.listen`: `{}` is not an address like 127.0.0.1:8090", w.listen));
+        }
+        for (key, url) in [("public_homeserver_url", &w.public_homeserver_url), ("quick_exit_url", &w.quick_exit_url)] {
+            if crate::web::origin_of(url).is_none() {
+                p.push(format!("key `web.{key}`: expected an http:// or https:// URL, not `{url}`"));
+            }
+        }
+        let prefix_ok = !w.account_prefix.is_empty()
+            && w.account_prefix.len() <= 32
+            && w.account_prefix.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'));
+        if !prefix_ok {
+            p.push("key `web.account_prefix`: expected 1 to 32 of a-z, 0-9, `-`, `_`, `.`".into());
+        }
+        if w.signups_per_minute == 0 {
+            p.push("key `web.signups_per_minute`: expected at least 1".into());
+        }
+        if w.idle_account_minutes == 0 {
+            p.push("key `web.idle_account_minutes`: expected at least 1".into());
+        }
+        if self.matrix.admin_token_file.is_none() && self.privacy.purge_admin_token_file.is_none() {
+            // The environment variable may still provide it; `run` checks.
+            if std::env::var("INTAKE_BOT_ADMIN_TOKEN").map_or(true, |v| v.is_empty()) {
+                p.push("key `matrix.admin_token_file`: the web chat needs a Synapse admin token (this key or INTAKE_BOT_ADMIN_TOKEN) to hand out sign-up tokens and delete finished accounts".into());
+            }
+        }
     }
 
     fn validate_matrix(&self, p: &mut Vec<String>) {

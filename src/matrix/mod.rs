@@ -11,8 +11,10 @@
 //! - `worker`: the one task that owns the desk and the store;
 //! - `gate`, `late_keys`: holding sends during sync responses, and messages
 //!   whose room key has not come yet;
-//! - `purge`: deleting a finished case's room through the admin API.
+//! - `admin`, `purge`: Synapse's admin API (room purge, the web chat's
+//!   sign-up tokens and account deletion).
 
+pub(crate) mod admin;
 mod gate;
 mod late_keys;
 mod purge;
@@ -190,6 +192,21 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         Some(l) => Some(crate::metrics::bind(l).await?),
         None => None,
     };
+    let admin = match &secrets.admin_token {
+        Some(t) => Some(admin::Admin::new(&config.matrix.homeserver_url, t.clone())?),
+        None => None,
+    };
+    let web = match (&config.web, &admin) {
+        (Some(w), Some(a)) => {
+            let bot = client.user_id().map(|u| u.to_string()).unwrap_or_else(|| config.matrix.user_id.clone());
+            let web = Arc::new(crate::web::Web::new(w, &bot, a.clone())?);
+            Some((crate::web::bind(&w.listen).await?, web))
+        }
+        (Some(_), None) => anyhow::bail!(
+            "key `matrix.admin_token_file`: the web chat needs a Synapse admin token (this key or INTAKE_BOT_ADMIN_TOKEN)"
+        ),
+        (None, _) => None,
+    };
     let (tx, rx) = mpsc::channel::<Inbound>(1024);
     let late = late_keys::spawn(tx.clone(), LATE_KEY_GRACE);
     let gate = Arc::new(gate::SendGate::default());
@@ -227,12 +244,19 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         metrics: metrics.clone(),
         joins: joins.clone(),
         gate: gate.clone(),
+        admin,
     };
     let worker = worker::Worker::new(&config, &secrets, parts)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = listener {
         let mut stop = stop_rx.clone();
         tokio::spawn(crate::metrics::serve(l, metrics.clone(), async move {
+            let _ = stop.changed().await;
+        }));
+    }
+    if let Some((l, web)) = web {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::web::serve(l, web, async move {
             let _ = stop.changed().await;
         }));
     }

@@ -238,7 +238,7 @@ impl Worker {
                 let guard = Some(self.counsellors.clone());
                 let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);
                 let _ = q.send(Job::Say(text));
-                let _ = q.send(Job::Leave { case_id, purger: None });
+                let _ = q.send(Job::Leave { case_id, purger: None, retire: None });
             }
             Verdict::Refused(why) => {
                 info!(reason = why.label(), "room refused; no case");

@@ -24,9 +24,10 @@ use matrix_sdk::{Client, Room};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, instrument, warn};
 
+use super::admin::Admin;
 use super::gate::SendGate;
 use super::purge::Purger;
-use super::{Body, Inbound, JoinWatch, MemberChange};
+use super::{Body, Inbound, JoinWatch, MemberChange, scrub_err};
 use crate::clock::unix_now as now;
 use crate::config::{Config, Secrets};
 use crate::desk::{Action, Desk, Event, VisitorInput};
@@ -35,7 +36,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::outcome::OutcomeRecord;
 use crate::store::{RoomKeyer, Store};
 use admission::Verdict;
-use outbox::{Job, Target, coalesce, one_to_one, spawn_sender, staff_notice};
+use outbox::{Job, Retire, Target, coalesce, one_to_one, spawn_sender, staff_notice};
 
 /// Most events handled between two store flushes.
 const BATCH: usize = 64;
@@ -57,7 +58,33 @@ pub struct Parts {
     pub joins: Arc<JoinWatch>,
     /// Holds messages while the sync loop handles a response.
     pub gate: Arc<SendGate>,
+    /// Synapse's admin API, where an admin token is configured.
+    pub admin: Option<Admin>,
 }
+
+/// The web chat's throwaway accounts: which they are, and when an idle one
+/// goes.
+#[derive(Debug, Clone)]
+struct WebAccounts {
+    admin: Admin,
+    /// Localpart prefix (`web.account_prefix`) on the bot's own server.
+    prefix: String,
+    server: matrix_sdk::ruma::OwnedServerName,
+    idle_secs: i64,
+}
+
+impl WebAccounts {
+    /// Whether `user` is one of the page's accounts (never the bot or staff).
+    fn owns(&self, user: &UserId, counsellors: &[OwnedUserId], bot: Option<&UserId>) -> bool {
+        user.server_name() == self.server
+            && user.localpart().starts_with(&self.prefix)
+            && !counsellors.iter().any(|c| c == user)
+            && Some(user) != bot
+    }
+}
+
+/// How often web chat accounts without a chat are looked for.
+const IDLE_ACCOUNTS_EVERY: Duration = Duration::from_secs(60);
 
 /// The desk's owner.
 pub struct Worker {
@@ -111,13 +138,17 @@ pub struct Worker {
     joins: Arc<JoinWatch>,
     /// Holds messages while the sync loop handles a response.
     gate: Arc<SendGate>,
+    /// The web chat's accounts, when `[web]` is set.
+    web: Option<WebAccounts>,
+    /// Whether an idle-account sweep is running.
+    idle_sweep: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Worker {
     /// Restores cases and routing from the store and maps them to the
     /// rooms the client knows.
     pub fn new(config: &Config, secrets: &Secrets, parts: Parts) -> Result<Worker> {
-        let Parts { store, client, staff_room_id, metrics, joins, gate } = parts;
+        let Parts { store, client, staff_room_id, metrics, joins, gate, admin } = parts;
         let setup = config.desk_setup().map_err(anyhow::Error::msg)?;
         let cases = store.load_cases()?;
         let mut router = store.load_router()?.unwrap_or_default();
@@ -133,13 +164,19 @@ impl Worker {
         info!(cases_in_progress = cases.len(), rooms_found = rooms.len(), "state restored");
         let counsellors: Arc<[OwnedUserId]> =
             config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
-        let purger = match &config.privacy.purge_admin_token_file {
-            Some(f) => Some(Purger::new(
-                &config.matrix.homeserver_url,
-                f,
-                Duration::from_secs(config.privacy.purge_delay_secs),
-            )?),
-            None => None,
+        // The purge is opted into by naming its token file (DESIGN.md).
+        let purger = match (&config.privacy.purge_admin_token_file, &admin) {
+            (Some(_), Some(a)) => Some(Purger::new(a.clone(), Duration::from_secs(config.privacy.purge_delay_secs))),
+            _ => None,
+        };
+        let web = match (&config.web, &admin, client.user_id()) {
+            (Some(w), Some(a), Some(me)) => Some(WebAccounts {
+                admin: a.clone(),
+                prefix: w.account_prefix.clone(),
+                server: me.server_name().to_owned(),
+                idle_secs: i64::try_from(w.idle_account_minutes).map_or(i64::MAX, |m| m.saturating_mul(60)),
+            }),
+            _ => None,
         };
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         Ok(Worker {
@@ -174,7 +211,61 @@ impl Worker {
             room_name: config.staff.room_name.clone(),
             joins,
             gate,
+            web,
+            idle_sweep: Arc::default(),
         })
+    }
+
+    /// The account deletion due when the case of `key` ends, if its
+    /// visitor came through the web chat.
+    fn retire(&self, key: &str) -> Option<Retire> {
+        let web = self.web.as_ref()?;
+        let user = self.visitors.get(key)?;
+        web.owns(user, &self.counsellors, self.client.user_id())
+            .then(|| Retire { admin: web.admin.clone(), user: user.clone() })
+    }
+
+    /// Deletes web chat accounts that have no open chat and are older than
+    /// `web.idle_account_minutes`: a page closed before its chat began, a
+    /// deletion that failed, or one cut off by a restart. In the background,
+    /// one sweep at a time.
+    fn sweep_idle_accounts(&self) {
+        use std::sync::atomic::Ordering;
+        let Some(web) = self.web.clone() else { return };
+        if self.idle_sweep.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let busy: HashSet<OwnedUserId> = self.visitors.values().cloned().collect();
+        let counsellors = self.counsellors.clone();
+        let me = self.client.user_id().map(ToOwned::to_owned);
+        let running = self.idle_sweep.clone();
+        tokio::spawn(async move {
+            let cutoff = now().saturating_sub(web.idle_secs);
+            match web.admin.accounts_with_prefix(&web.prefix).await {
+                Ok(accounts) => {
+                    let mut deleted = 0usize;
+                    for a in accounts {
+                        if a.created > cutoff
+                            || busy.contains(&a.user)
+                            || !web.owns(&a.user, &counsellors, me.as_deref())
+                        {
+                            continue;
+                        }
+                        match web.admin.deactivate(&a.user).await {
+                            Ok(()) => deleted += 1,
+                            Err(e) => {
+                                warn!(error = %scrub_err(&format!("{e:#}")), "deleting an idle web chat account failed")
+                            }
+                        }
+                    }
+                    if deleted > 0 {
+                        info!(deleted, "idle web chat accounts deleted");
+                    }
+                }
+                Err(e) => warn!(error = %scrub_err(&format!("{e:#}")), "listing web chat accounts failed"),
+            }
+            running.store(false, Ordering::Release);
+        });
     }
 
     /// Processes events until `stop` turns true, then flushes the store.
@@ -201,6 +292,7 @@ impl Worker {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
         let mut beat = tokio::time::interval(Duration::from_secs(crate::metrics::WORKER_BEAT_SECS));
+        let mut idle_accounts = tokio::time::interval(IDLE_ACCOUNTS_EVERY);
         loop {
             self.metrics.worker_beat();
             let wait = match self.desk.next_deadline(now()) {
@@ -226,6 +318,7 @@ impl Worker {
                 Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
                 _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
                 _ = sweep.tick() => self.sweep().await,
+                _ = idle_accounts.tick() => self.sweep_idle_accounts(),
                 _ = beat.tick() => {}
             }
             self.commit().await;
@@ -409,7 +502,8 @@ impl Worker {
                     Err(_) => error!("a configured counsellor id does not parse"),
                 },
                 Action::Leave { key, case_id } => {
-                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone() }));
+                    let retire = self.retire(&key);
+                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone(), retire }));
                 }
                 Action::SaveCase { key } => {
                     if let Some(c) = self.desk.cases.get(&key) {

@@ -14,6 +14,7 @@ use matrix_sdk::{Room, RoomMemberships};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
+use crate::matrix::admin::Admin;
 use crate::matrix::gate::SendGate;
 use crate::matrix::purge::Purger;
 use crate::matrix::{refresh_user_keys, scrub_err};
@@ -43,11 +44,38 @@ pub(super) enum Job {
     /// Offer the case to a counsellor, first naming the room (if given).
     Invite(OwnedUserId, Option<String>),
     Withdraw(OwnedUserId),
-    /// Leave and forget the room, then purge it where configured.
+    /// Leave and forget the room, then purge it where configured, and
+    /// delete the visitor's account if the web chat made it.
     Leave {
         case_id: String,
         purger: Option<Purger>,
+        retire: Option<Retire>,
     },
+}
+
+/// A web chat account to delete once its chat has ended.
+#[derive(Debug, Clone)]
+pub(super) struct Retire {
+    pub admin: Admin,
+    pub user: OwnedUserId,
+}
+
+/// The page shows the goodbye from its last sync; the account goes after.
+const RETIRE_AFTER: Duration = Duration::from_secs(10);
+
+impl Retire {
+    /// Deletes the account after [`RETIRE_AFTER`]; logs by case id only.
+    pub(super) async fn run(self, case_id: &str) {
+        tokio::time::sleep(RETIRE_AFTER).await;
+        match self.admin.deactivate(&self.user).await {
+            Ok(()) => info!(case = %case_id, "web chat account deleted"),
+            Err(e) => warn!(
+                case = %case_id,
+                error = %scrub_err(&format!("{e:#}")),
+                "deleting the web chat account failed; the idle-account sweep retries"
+            ),
+        }
+    }
 }
 
 /// Longest text that consecutive messages are merged into.
@@ -194,12 +222,16 @@ pub(super) fn spawn_sender(
                         warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses");
                     }
                 },
-                Job::Leave { case_id, purger } => {
+                Job::Leave { case_id, purger, retire } => {
                     let room_id = room.room_id().to_owned();
                     if let Err(e) = room.leave().await {
                         warn!(case = %case_id, error = %scrub_err(&e), "leaving a finished case's room failed");
                     } else if let Err(e) = room.forget().await {
                         debug!(case = %case_id, error = %scrub_err(&e), "forgetting a finished case's room failed");
+                    }
+                    if let Some(r) = retire {
+                        let case_id = case_id.clone();
+                        tokio::spawn(async move { r.run(&case_id).await });
                     }
                     if let Some(p) = purger {
                         // The purge waits out its grace delay on its own.
@@ -338,7 +370,7 @@ mod tests {
             (case("a"), say("after the invite")),
             (case("a"), Job::Html("summary".into(), "<b>summary</b>".into())),
             (case("a"), say("goodbye")),
-            (case("a"), Job::Leave { case_id: "X".into(), purger: None }),
+            (case("a"), Job::Leave { case_id: "X".into(), purger: None, retire: None }),
         ]);
         assert_eq!(
             show(&out),
