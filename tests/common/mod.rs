@@ -97,7 +97,8 @@ database: {{name: sqlite3, args: {{database: {dir}/homeserver.db}}}}
 listeners:
   - {{port: {port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false, resources: [{{names: [client], compress: false}}]}}
 registration_shared_secret: test-shared-secret
-enable_registration: false
+enable_registration: true
+registration_requires_token: true
 bcrypt_rounds: 4
 trusted_key_servers: []
 suppress_key_server_warning: true

@@ -11,7 +11,7 @@
 // where it can, and by the bot in any case. A reload or a closed tab ends
 // the chat (see README, "Web chat": nothing is kept to continue it with).
 
-import { ClientEvent, createClient, Preset, RoomEvent, RoomMemberEvent } from "matrix-js-sdk";
+import { ClientEvent, createClient, MemoryStore, Preset, RoomEvent, RoomMemberEvent } from "matrix-js-sdk";
 import { TEXTS, browserLanguage, choicesOf, placeInLine } from "./texts.js";
 
 let lang = browserLanguage(navigator.languages || [navigator.language]);
@@ -119,21 +119,30 @@ async function register(settings) {
   if (signup.status !== 200 || !signup.body.token) throw new Error("signup");
   const username = settings.prefix + randomString(20);
   const password = randomString(40, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789");
-  const tmp = createClient({ baseUrl: settings.homeserver });
+  const tmp = createClient({ baseUrl: settings.homeserver, store: new MemoryStore() });
   const request = { username, password, initial_device_display_name: "Web", inhibit_login: false };
-  let session;
-  try {
-    const done = await tmp.registerRequest(request);
-    return { ...done, password };
-  } catch (e) {
-    session = e?.data?.session;
-    if (!session) throw e;
+  // User-interactive auth: Synapse asks for the token, then a dummy stage.
+  let auth;
+  for (let round = 0; round < 4; round++) {
+    try {
+      const done = await tmp.registerRequest(auth ? { ...request, auth } : request);
+      return { ...done, password };
+    } catch (e) {
+      const ui = e?.data;
+      if (!ui?.session || !Array.isArray(ui.flows)) throw e;
+      const completed = ui.completed || [];
+      const flow = ui.flows.find((f) => f.stages.includes("m.login.registration_token")) || ui.flows[0];
+      const next = flow?.stages.find((s) => !completed.includes(s));
+      if (next === "m.login.registration_token") {
+        auth = { type: next, token: signup.body.token, session: ui.session };
+      } else if (next === "m.login.dummy") {
+        auth = { type: next, session: ui.session };
+      } else {
+        throw e;
+      }
+    }
   }
-  const done = await tmp.registerRequest({
-    ...request,
-    auth: { type: "m.login.registration_token", token: signup.body.token, session },
-  });
-  return { ...done, password };
+  throw new Error("registration");
 }
 
 function passwordAuth() {
@@ -159,6 +168,9 @@ async function startChat() {
       accessToken: account.access_token,
       deviceId: account.device_id,
       pendingEventOrdering: "detached",
+      // Without a localStorage: the SDK would keep its sync filter there,
+      // under the account's user id.
+      store: new MemoryStore(),
     });
     chat.client = client;
     // Keys in memory only: nothing of the chat outlives the tab.
@@ -192,7 +204,7 @@ async function startChat() {
     await client.setAccountData("m.direct", { [settings.bot]: [roomId] });
     $("text").focus();
   } catch (e) {
-    console.warn("start failed", e?.name || "error");
+    console.warn("start failed", String(e?.message || e).slice(0, 200));
     const busy = e?.message === "busy";
     await forget();
     $("chat").hidden = true;

@@ -1,0 +1,234 @@
+#![recursion_limit = "256"]
+// A test that cannot go on fails loudly: unwrap is fine.
+#![allow(clippy::unwrap_used)]
+//! The web chat end to end: a real headless Chromium (Debian's `chromium`,
+//! driven by `web/test/visitor.mjs` with playwright-core) plays a visitor
+//! without a Matrix account on the page the bot serves, against the real
+//! Synapse (registration only with a token) and the real bot; a matrix-sdk
+//! client plays the counsellor. Needs `web/dist` and `web/node_modules`
+//! (scripts/test.sh builds them).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{Scene, Synapse, unique};
+use matrix_sdk::RoomMemberships;
+use matrix_sdk::ruma::{OwnedUserId, RoomId};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+
+/// One browser at a time: these 2 cores also run Synapse and the bots.
+static ONE_BROWSER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const EXIT_URL: &str = "https://exit.example/weather";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scene whose bot also serves the web chat; returns it and the page URL.
+async fn web_scene() -> (Scene, String) {
+    let hs = Synapse::get();
+    let token_file = tempfile::Builder::new().prefix("intake-bot-admin-").tempfile().unwrap().keep().unwrap().1;
+    std::fs::write(&token_file, hs.admin_token().await).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!(
+        r#"[privacy]
+purge_admin_token_file = "{token}"
+purge_delay_secs = 5
+
+[web]
+listen = "127.0.0.1:{port}"
+public_homeserver_url = "{hs}"
+quick_exit_url = "{EXIT_URL}"
+assets_dir = "{assets}"
+account_prefix = "{prefix}-"
+idle_account_minutes = 1
+"#,
+        token = token_file.display(),
+        hs = hs.url,
+        assets = repo().join("web/dist").display(),
+        prefix = unique("web"),
+    );
+    let s = Scene::new(1, &["en", "nl"], 120, &extra).await;
+    s.staff(0, "!available", "You are available").await;
+    (s, format!("http://127.0.0.1:{port}/"))
+}
+
+/// The browser side, running.
+struct Visitor {
+    child: tokio::process::Child,
+    steps: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Visitor {
+    fn start(page: &str, scenario: &str, lang: &str, counsellor_line: &str, offline_line: &str) -> Visitor {
+        let shots = repo().join("docs");
+        let mut child = tokio::process::Command::new("node")
+            .arg(repo().join("web/test/visitor.mjs"))
+            .current_dir(repo().join("web"))
+            .env("PAGE_URL", page)
+            .env("EXIT_URL", EXIT_URL)
+            .env("HOMESERVER_URL", &Synapse::get().url)
+            .env("SCENARIO", scenario)
+            .env("UI_LANG", lang)
+            .env("COUNSELLOR_LINE", counsellor_line)
+            .env("OFFLINE_LINE", offline_line)
+            .env("SHOTS", shots)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting node web/test/visitor.mjs (is Node installed?)");
+        let out = child.stdout.take().unwrap();
+        let (tx, steps) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                eprintln!("visitor: {l}");
+                if let Some(s) = l.strip_prefix("STEP ") {
+                    let _ = tx.send(s.to_owned());
+                }
+            }
+        });
+        Visitor { child, steps, seen: Vec::new() }
+    }
+
+    /// Waits for the browser side to report `step`.
+    async fn step(&mut self, step: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.seen.iter().any(|s| s == step) {
+            match tokio::time::timeout_at(deadline, self.steps.recv()).await {
+                Ok(Some(s)) => self.seen.push(s),
+                Ok(None) => panic!("the browser side ended before {step:?}; it reported {:?}", self.seen),
+                Err(_) => panic!("no {step:?} from the browser side within {within:?}; it reported {:?}", self.seen),
+            }
+        }
+    }
+
+    /// Waits for the browser side to finish, and that it passed.
+    async fn finish(mut self) {
+        self.step("done", Duration::from_secs(120)).await;
+        let st = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.unwrap().unwrap();
+        assert!(st.success(), "the browser side failed: {st}");
+    }
+}
+
+/// The web visitor of `room`, as the counsellor sees the members.
+async fn visitor_of(s: &Scene, room: &RoomId) -> OwnedUserId {
+    let r = s.counsellors[0].room(room).await;
+    let members = r.members(RoomMemberships::JOIN | RoomMemberships::LEAVE).await.unwrap();
+    let me = &s.counsellors[0].user_id;
+    members
+        .iter()
+        .map(|m| m.user_id().to_owned())
+        .find(|u| u.as_str() != s.bot.user_id && u != me)
+        .expect("the web visitor among the room's members")
+}
+
+/// Waits until the homeserver says the account is deactivated and erased.
+async fn deactivated_within(user: &OwnedUserId, within: Duration) -> Duration {
+    let hs = Synapse::get();
+    let admin = hs.admin_token().await;
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    loop {
+        let url =
+            format!("{}/_synapse/admin/v2/users/{}", hs.url, user.as_str().replace(':', "%3A").replace('@', "%40"));
+        let v: serde_json::Value = http.get(&url).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        if v["deactivated"] == true {
+            assert_eq!(v["erased"], true, "deactivated without erase: {v}");
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < within, "the web account is not deactivated after {within:?}: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Stops the bot and returns the outcome records.
+fn records(s: &mut Scene) -> Vec<serde_json::Value> {
+    let (st, _) = s.bot.stop();
+    assert!(st.success());
+    s.bot.export()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_case_from_the_page_to_the_counsellors_close() {
+    let _one = ONE_BROWSER.lock().await;
+    let (mut s, page) = web_scene().await;
+    let hello = "Hello, I am a counsellor. WEBHELLO";
+    let offline = "I am still here WEBOFFLINE";
+    let mut v = Visitor::start(&page, "case", "en", hello, offline);
+    v.step("intake-done", Duration::from_secs(300)).await;
+    let c = &s.counsellors[0];
+    let room = c.wait_invite().await;
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    let visitor = visitor_of(&s, &room).await;
+    assert!(visitor.localpart().starts_with("web"), "the page's account: {visitor}");
+    c.send(&room, hello).await;
+    v.step("offline-line-written", Duration::from_secs(180)).await;
+    // Written while the browser was offline, it arrives once it is back.
+    c.expect(&room, offline).await;
+    c.send(&room, "!close advice").await;
+    v.step("ended", Duration::from_secs(240)).await;
+    let took = deactivated_within(&visitor, Duration::from_secs(60)).await;
+    eprintln!("web account deactivated {took:?} after the page showed the end");
+    v.finish().await;
+    let recs = records(&mut s);
+    assert_eq!(recs.len(), 1, "exactly one record: {recs:?}");
+    assert_eq!(recs[0]["outcome"], "advice");
+    assert_eq!(recs[0]["intake_completed"], true);
+    assert_eq!(recs[0]["counsellor_joined"], true);
+    assert_eq!(recs[0]["language"], "en");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_exit_leaves_for_the_exit_page_and_ends_the_case() {
+    let _one = ONE_BROWSER.lock().await;
+    let (mut s, page) = web_scene().await;
+    let hello = "Hallo, ik ben hulpverlener. WEBHALLO";
+    let mut v = Visitor::start(&page, "quick-exit", "nl", hello, "");
+    v.step("intake-done", Duration::from_secs(300)).await;
+    let c = &s.counsellors[0];
+    let room = c.wait_invite().await;
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    let visitor = visitor_of(&s, &room).await;
+    c.send(&room, hello).await;
+    v.step("exited", Duration::from_secs(180)).await;
+    let took = deactivated_within(&visitor, Duration::from_secs(60)).await;
+    eprintln!("web account deactivated {took:?} after the quick exit");
+    v.finish().await;
+    let recs = records(&mut s);
+    assert_eq!(recs.len(), 1, "exactly one record: {recs:?}");
+    assert_eq!(recs[0]["outcome"], "abandoned");
+    assert_eq!(recs[0]["language"], "nl");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_ends_the_chat_cleanly() {
+    let _one = ONE_BROWSER.lock().await;
+    let (mut s, page) = web_scene().await;
+    let mut v = Visitor::start(&page, "reload", "en", "", "");
+    v.step("reloaded", Duration::from_secs(300)).await;
+    v.finish().await;
+    // The case ended as the page went; its account is gone within a minute.
+    let t0 = Instant::now();
+    loop {
+        let out = s.bot.log_text();
+        if out.contains("outcome recorded") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the case did not end after the reload");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let recs = records(&mut s);
+    assert_eq!(recs.len(), 1, "exactly one record: {recs:?}");
+    assert_eq!(recs[0]["outcome"], "abandoned");
+    assert_eq!(recs[0]["intake_completed"], false);
+}
