@@ -29,11 +29,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A scene whose bot also serves the web chat; returns it and the page URL.
-async fn web_scene() -> (Scene, String) {
+/// A scene whose bot also serves the web chat; returns it, the page URL and
+/// the localpart prefix of its accounts.
+async fn web_scene() -> (Scene, String, String) {
     let hs = Synapse::get();
     let token_file = tempfile::Builder::new().prefix("intake-bot-admin-").tempfile().unwrap().keep().unwrap().1;
     std::fs::write(&token_file, hs.admin_token().await).unwrap();
+    let prefix = format!("{}-", unique("web"));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let extra = format!(
         r#"[privacy]
@@ -45,17 +47,16 @@ listen = "127.0.0.1:{port}"
 public_homeserver_url = "{hs}"
 quick_exit_url = "{EXIT_URL}"
 assets_dir = "{assets}"
-account_prefix = "{prefix}-"
+account_prefix = "{prefix}"
 idle_account_minutes = 1
 "#,
         token = token_file.display(),
         hs = hs.url,
         assets = repo().join("web/dist").display(),
-        prefix = unique("web"),
     );
     let s = Scene::new(1, &["en", "nl"], 120, &extra).await;
     s.staff(0, "!available", "You are available").await;
-    (s, format!("http://127.0.0.1:{port}/"))
+    (s, format!("http://127.0.0.1:{port}/"), prefix)
 }
 
 /// The browser side, running.
@@ -149,6 +150,23 @@ async fn deactivated_within(user: &OwnedUserId, within: Duration) -> Duration {
     }
 }
 
+/// Every account (active or not) whose localpart starts with `prefix`.
+async fn accounts_with_prefix(prefix: &str) -> Vec<OwnedUserId> {
+    let hs = Synapse::get();
+    let admin = hs.admin_token().await;
+    let url = format!("{}/_synapse/admin/v2/users?from=0&limit=100&deactivated=true&name={prefix}", hs.url);
+    let v: serde_json::Value =
+        reqwest::Client::new().get(&url).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+    v["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .filter(|n| n.trim_start_matches('@').starts_with(prefix))
+        .map(|n| OwnedUserId::try_from(n).unwrap())
+        .collect()
+}
+
 /// Stops the bot and returns the outcome records.
 fn records(s: &mut Scene) -> Vec<serde_json::Value> {
     let (st, _) = s.bot.stop();
@@ -159,7 +177,7 @@ fn records(s: &mut Scene) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whole_case_from_the_page_to_the_counsellors_close() {
     let _one = ONE_BROWSER.lock().await;
-    let (mut s, page) = web_scene().await;
+    let (mut s, page, _) = web_scene().await;
     let hello = "Hello, I am a counsellor. WEBHELLO";
     let offline = "I am still here WEBOFFLINE";
     let mut v = Visitor::start(&page, "case", "en", hello, offline);
@@ -190,7 +208,7 @@ async fn a_whole_case_from_the_page_to_the_counsellors_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_exit_leaves_for_the_exit_page_and_ends_the_case() {
     let _one = ONE_BROWSER.lock().await;
-    let (mut s, page) = web_scene().await;
+    let (mut s, page, _) = web_scene().await;
     let hello = "Hallo, ik ben hulpverlener. WEBHALLO";
     let mut v = Visitor::start(&page, "quick-exit", "nl", hello, "");
     v.step("intake-done", Duration::from_secs(300)).await;
@@ -213,7 +231,7 @@ async fn quick_exit_leaves_for_the_exit_page_and_ends_the_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_ends_the_chat_cleanly() {
     let _one = ONE_BROWSER.lock().await;
-    let (mut s, page) = web_scene().await;
+    let (mut s, page, prefix) = web_scene().await;
     let mut v = Visitor::start(&page, "reload", "en", "", "");
     v.step("reloaded", Duration::from_secs(300)).await;
     v.finish().await;
@@ -227,6 +245,9 @@ async fn a_reload_ends_the_chat_cleanly() {
         assert!(t0.elapsed() < Duration::from_secs(60), "the case did not end after the reload");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let accounts = accounts_with_prefix(&prefix).await;
+    assert_eq!(accounts.len(), 1, "one account made by the page: {accounts:?}");
+    deactivated_within(&accounts[0], Duration::from_secs(60)).await;
     let recs = records(&mut s);
     assert_eq!(recs.len(), 1, "exactly one record: {recs:?}");
     assert_eq!(recs[0]["outcome"], "abandoned");

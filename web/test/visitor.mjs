@@ -86,7 +86,6 @@ try {
   if (h["set-cookie"]) fail("the page sets a cookie");
   step("page-loaded");
 
-  const log = page.getByRole("log");
   const logHas = (needle, timeout = 90_000) =>
     page.waitForFunction((n) => document.querySelector("[role=log]")?.textContent.includes(n), needle, { timeout });
   const phase = () => page.evaluate(() => window.intakeChat.phase());
@@ -108,7 +107,7 @@ try {
       if (SCENARIO === "reload") {
         await page.reload();
         await page.getByRole("button", { name: T.start }).waitFor({ timeout: 10_000 });
-        if ((await log.textContent()) !== "") fail("the old chat is still on the page after a reload");
+        if ((await page.locator("#log").textContent()) !== "") fail("the old chat is still on the page after a reload");
         step("reloaded");
         break;
       }
