@@ -49,20 +49,23 @@ database: {{name: sqlite3, args: {{database: {DATA}/synapse/homeserver.db}}}}
 listeners:
   - {{port: {PORT}, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false, resources: [{{names: [client], compress: false}}]}}
 registration_shared_secret: {SHARED_SECRET}
-enable_registration: false
+# Only the web chat's sign-up tokens (handed out by the bot) open registration.
+enable_registration: true
+registration_requires_token: true
 trusted_key_servers: []
 suppress_key_server_warning: true
 url_preview_enabled: false
 """
 
 
-def register(user, password):
+def register(user, password, admin=False):
     _, nonce = http("GET", "/_synapse/admin/v1/register")
     mac = hmac.new(SHARED_SECRET.encode(), digestmod=hashlib.sha1)
-    mac.update(f"{nonce['nonce']}\0{user}\0{password}\0notadmin".encode())
+    kind = "admin" if admin else "notadmin"
+    mac.update(f"{nonce['nonce']}\0{user}\0{password}\0{kind}".encode())
     status, body = http("POST", "/_synapse/admin/v1/register", {
         "nonce": nonce["nonce"], "username": user, "password": password,
-        "admin": False, "mac": mac.hexdigest(),
+        "admin": admin, "mac": mac.hexdigest(),
     })
     if status != 200 and body.get("errcode") != "M_USER_IN_USE":
         sys.exit(f"registering {user} failed: {body}")
@@ -76,6 +79,19 @@ def login(user, password):
     if status != 200:
         sys.exit(f"login as {user} failed: {body}")
     return body["access_token"]
+
+
+def build_web_page():
+    """Builds web/dist (npm packages from the lockfile) unless it is current."""
+    web = ROOT / "web"
+    dist = web / "dist" / "index.html"
+    sources = [p for p in (web / "src").rglob("*") if p.is_file()] + [web / "package-lock.json", web / "build.mjs"]
+    if dist.exists() and all(p.stat().st_mtime <= dist.stat().st_mtime for p in sources):
+        return
+    print("Building the web chat page (npm ci, esbuild)...", flush=True)
+    if not (web / "node_modules" / ".package-lock.json").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=web, check=True)
+    subprocess.run(["npm", "run", "--silent", "build"], cwd=web, check=True)
 
 
 def main():
@@ -120,12 +136,18 @@ def main():
     if accounts_file.exists():
         accounts = json.loads(accounts_file.read_text())
     else:
-        accounts = {name: secrets.token_urlsafe(12) for name in ["intake", "counsellor", "visitor"]}
+        accounts = {name: secrets.token_urlsafe(12) for name in ["intake", "counsellor", "visitor", "admin"]}
         accounts["store_passphrase"] = secrets.token_urlsafe(24)
         accounts_file.write_text(json.dumps(accounts, indent=2))
         os.chmod(accounts_file, 0o600)
     for name in ["intake", "counsellor", "visitor"]:
         register(name, accounts[name])
+    # The helpline's admin account: the bot's token for sign-ups and purges.
+    accounts.setdefault("admin", secrets.token_urlsafe(12))
+    register("helpline-admin", accounts["admin"], admin=True)
+    if "admin_token" not in accounts:
+        accounts["admin_token"] = login("helpline-admin", accounts["admin"])
+        accounts_file.write_text(json.dumps(accounts, indent=2))
 
     if "staff_room" not in accounts:
         token = login("counsellor", accounts["counsellor"])
@@ -139,7 +161,7 @@ def main():
         accounts["staff_room"] = body["room_id"]
         accounts_file.write_text(json.dumps(accounts, indent=2))
 
-    for name, key in [("password", "intake"), ("store-passphrase", "store_passphrase")]:
+    for name, key in [("password", "intake"), ("store-passphrase", "store_passphrase"), ("admin-token", "admin_token")]:
         f = DATA / name
         f.write_text(accounts[key] + "\n")
         os.chmod(f, 0o600)
@@ -153,6 +175,14 @@ def main():
         ('# store_passphrase_file = "/run/credentials/intake-bot.service/store-passphrase"',
          'store_passphrase_file = "store-passphrase"'),
         ('# listen = "127.0.0.1:9100"', f'listen = "127.0.0.1:{PORT + 1}"'),
+        ('# admin_token_file = "/run/credentials/intake-bot.service/synapse-admin-token"',
+         'admin_token_file = "admin-token"'),
+        ('# [web]', '[web]'),
+        ('# listen = "127.0.0.1:8090"', f'listen = "127.0.0.1:{PORT + 2}"'),
+        ('# public_homeserver_url = "https://matrix.example.org"', f'public_homeserver_url = "{URL}"'),
+        ('# quick_exit_url = "https://www.google.com/search?q=weather"',
+         'quick_exit_url = "https://www.google.com/search?q=weather"'),
+        ('# assets_dir = "web/dist"', f'assets_dir = "{ROOT / "web/dist"}"'),
     ]:
         # Fail loudly when config.example.toml changed under this script.
         if old not in config:
@@ -160,6 +190,7 @@ def main():
         config = config.replace(old, new)
     (DATA / "bot.toml").write_text(config)
 
+    build_web_page()
     print("Building intake-bot...", flush=True)
     subprocess.run(["cargo", "build", "--quiet"], cwd=ROOT, check=True)
     bot = subprocess.Popen([str(ROOT / "target/debug/intake-bot"), "--config", str(DATA / "bot.toml"), "run"])
@@ -167,7 +198,10 @@ def main():
     print(f"""
 intake-bot is starting against a local Synapse at {URL}.
 
-Try it with any Matrix client (Element Desktop, Element Web, Fractal, nheko, ...)
+Play a visitor without a Matrix account: open  http://127.0.0.1:{PORT + 2}/
+in a browser and press "Start a chat" (the counsellor below takes the case).
+
+Or try it with any Matrix client (Element Desktop, Element Web, Fractal, nheko, ...)
 pointed at the homeserver {URL}:
 
   Counsellor:  user  counsellor   password  {accounts['counsellor']}
