@@ -16,6 +16,14 @@
 //! emergency word; reports the real visitor's emergency reply and turn
 //! latencies, the bot's peak RSS and how many flood rooms got a case.
 //!
+//! `--web`: the visitors sign up through the web chat's path (a token from
+//! the bot's `/signup`, registration by token on a homeserver closed to
+//! anyone else), then do the same intakes (on matrix-sdk clients: one
+//! browser per visitor does not fit on these machines; the browser itself
+//! is tested in tests/web.rs). No echo baseline (the bot deletes the
+//! accounts once their chats end); reports how many web accounts are still
+//! active a minute after the last case.
+//!
 //! Built (not run) by the test command, so it cannot rot. Runs only on
 //! request. Writes its report to `target/loadgen-report.md` and stdout.
 
@@ -49,6 +57,8 @@ struct Args {
     flood_secs: f64,
     /// `limits.max_open_cases` for the flood run (0: the default).
     flood_max_open: usize,
+    /// Visitors sign up through the web chat.
+    web: bool,
 }
 
 fn parse_args() -> Args {
@@ -61,6 +71,7 @@ fn parse_args() -> Args {
         flood: 0,
         flood_secs: 60.0,
         flood_max_open: 0,
+        web: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -71,6 +82,10 @@ fn parse_args() -> Args {
             "--counsellors" => a.counsellors = num(),
             "--restart-rooms" => a.restart_rooms = num(),
             "--no-baseline" => a.baseline = false,
+            "--web" => {
+                a.web = true;
+                a.baseline = false;
+            }
             "--flood" => a.flood = num(),
             "--flood-secs" => a.flood_secs = num() as f64,
             "--flood-max-open" => a.flood_max_open = num(),
@@ -194,6 +209,69 @@ fn synapse_pid() -> u32 {
     std::fs::read_to_string(Synapse::get().dir.join("synapse.pid")).unwrap().trim().parse().unwrap()
 }
 
+/// The web chat of a `--web` run: its config section and sign-ups.
+struct WebSetup {
+    config: String,
+    page: String,
+    prefix: String,
+    admin: String,
+}
+
+impl WebSetup {
+    async fn new() -> WebSetup {
+        let hs = Synapse::get();
+        let admin = hs.admin_token().await;
+        let token_file = std::env::temp_dir().join(unique("intake-bot-admin-token-"));
+        std::fs::write(&token_file, &admin).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let prefix = format!("{}-", unique("lw"));
+        let config = format!(
+            "\n[web]\nlisten = \"127.0.0.1:{port}\"\npublic_homeserver_url = \"{}\"\n\
+             quick_exit_url = \"https://exit.example/\"\naccount_prefix = \"{prefix}\"\nsignups_per_minute = 10000\n\
+             [privacy]\npurge_admin_token_file = \"{}\"\npurge_delay_secs = 3600\n",
+            hs.url,
+            token_file.display()
+        );
+        WebSetup { config, page: format!("http://127.0.0.1:{port}/"), prefix, admin }
+    }
+
+    /// `n` visitors signed up through the page's path, a few at a time.
+    async fn visitors(&self, n: usize) -> Vec<Arc<TestClient>> {
+        let mut out = Vec::new();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(10) {
+            let made = futures_join(chunk.iter().map(|_| {
+                let page = self.page.clone();
+                let local = format!("{}{}", self.prefix, unique("v"));
+                async move {
+                    let user = Synapse::get().register_via_web(&page, &local, "web-password").await;
+                    Arc::new(TestClient::log_in(&user, "web-password").await)
+                }
+            }))
+            .await;
+            out.extend(made);
+        }
+        out
+    }
+
+    /// (active, all) accounts with the run's prefix.
+    async fn accounts(&self) -> (usize, usize) {
+        let hs = Synapse::get();
+        let mut counts = [0usize; 2];
+        for (i, deactivated) in ["false", "true"].iter().enumerate() {
+            let url = format!(
+                "{}/_synapse/admin/v2/users?from=0&limit=1000&deactivated={deactivated}&name={}",
+                hs.url, self.prefix
+            );
+            let v: serde_json::Value =
+                reqwest::Client::new().get(&url).bearer_auth(&self.admin).send().await.unwrap().json().await.unwrap();
+            counts[i] = v["users"].as_array().map_or(0, |u| {
+                u.iter().filter(|x| x["name"].as_str().is_some_and(|n| n[1..].starts_with(&self.prefix))).count()
+            });
+        }
+        (counts[0], counts[1])
+    }
+}
+
 /// Registers and logs in `n` visitors, a few at a time.
 async fn visitors(n: usize) -> Vec<Arc<TestClient>> {
     let mut out = Vec::new();
@@ -224,27 +302,42 @@ async fn run(args: Args) {
     let t_setup = Instant::now();
     let hs = Synapse::get();
     eprintln!("loadgen: {} visitors, {} counsellors", args.visitors, args.counsellors);
-    let vs = visitors(args.visitors).await;
-    eprintln!("loadgen: visitors ready after {:?}", t_setup.elapsed());
+    let web = if args.web { Some(WebSetup::new().await) } else { None };
+    let vs = if web.is_some() { Vec::new() } else { visitors(args.visitors).await };
+    if web.is_none() {
+        eprintln!("loadgen: visitors ready after {:?}", t_setup.elapsed());
+    }
 
     let mut report = String::new();
     report.push_str(&format!(
-        "Command: `cargo bench --bench loadgen -- --visitors {} --ramp-secs {} --counsellors {}{}`\n\n",
+        "Command: `cargo bench --bench loadgen -- --visitors {} --ramp-secs {} --counsellors {}{}{}`\n\n",
         args.visitors,
         args.ramp_secs,
         args.counsellors,
-        if args.restart_rooms > 0 { format!(" --restart-rooms {}", args.restart_rooms) } else { String::new() }
+        if args.restart_rooms > 0 { format!(" --restart-rooms {}", args.restart_rooms) } else { String::new() },
+        if args.web { " --web" } else { "" }
     ));
 
     // The intake bot.
     let cap = (args.visitors / args.counsellors + 2) as u32;
     // The caps of [limits] are for floods; here many rooms of one visitor
     // (--restart-rooms) and hundreds of visitors are the point.
-    let limits = "[limits]\nmax_open_cases = 100000\nmax_open_cases_per_user = 1000\n";
-    let mut scene = Scene::with_capacity(args.counsellors, &["en"], 600, cap, limits).await;
+    let mut extra = "[limits]\nmax_open_cases = 100000\nmax_open_cases_per_user = 1000\n".to_owned();
+    if let Some(w) = &web {
+        extra.push_str(&w.config);
+    }
+    let mut scene = Scene::with_capacity(args.counsellors, &["en"], 600, cap, &extra).await;
     for i in 0..args.counsellors {
         scene.staff(i, "!available", "You are available").await;
     }
+    let vs = match &web {
+        Some(w) => {
+            let vs = w.visitors(args.visitors).await;
+            eprintln!("loadgen: {} visitors signed up through the web chat after {:?}", vs.len(), t_setup.elapsed());
+            vs
+        }
+        None => vs,
+    };
     let bot_pid = scene.bot.pid();
     let syn_pid = synapse_pid();
     let (syn_cpu0, _) = proc_usage(syn_pid);
@@ -332,6 +425,14 @@ async fn run(args: Args) {
         echo.as_ref().map(|e| e.turn_breakdown()).unwrap_or_default()
     ));
 
+    if let Some(w) = &web {
+        // The bot deletes each account 10 s after its chat ends.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (active, all) = w.accounts().await;
+        report.push_str(&format!(
+            "| web accounts still active 60 s after the last case / made | {active} / {all} | | |\n"
+        ));
+    }
     if args.restart_rooms > 0 {
         let secs = restart_run(&mut scene, args.restart_rooms).await;
         report.push_str(&format!(

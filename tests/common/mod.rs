@@ -215,6 +215,35 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
         resp["access_token"].as_str().expect("login").to_owned()
     }
 
+    /// Registers `localpart` the way the web chat page does: a sign-up
+    /// token from the bot's `/signup` at `page`, then the homeserver's
+    /// user-interactive registration (token stage, dummy stage). Returns
+    /// the user id.
+    pub async fn register_via_web(&self, page: &str, localpart: &str, password: &str) -> String {
+        let http = reqwest::Client::new();
+        let signup: serde_json::Value = http.post(format!("{page}signup")).send().await.unwrap().json().await.unwrap();
+        let token = signup["token"].as_str().unwrap_or_else(|| panic!("no sign-up token: {signup}")).to_owned();
+        let url = format!("{}/_matrix/client/v3/register", self.url);
+        let mut body = serde_json::json!({ "username": localpart, "password": password, "inhibit_login": true });
+        for _ in 0..4 {
+            let resp = http.post(&url).json(&body).send().await.unwrap();
+            let status = resp.status();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            if status.is_success() {
+                return v["user_id"].as_str().unwrap().to_owned();
+            }
+            let session = v["session"].as_str().unwrap_or_else(|| panic!("registration refused: {v}")).to_owned();
+            let done: Vec<&str> =
+                v["completed"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            body["auth"] = if done.contains(&"m.login.registration_token") {
+                serde_json::json!({ "type": "m.login.dummy", "session": session })
+            } else {
+                serde_json::json!({ "type": "m.login.registration_token", "token": token, "session": session })
+            };
+        }
+        panic!("registration did not finish");
+    }
+
     async fn register_as(&self, localpart: &str, password: &str, admin: bool) -> String {
         let http = reqwest::Client::new();
         let url = format!("{}/_synapse/admin/v1/register", self.url);
@@ -267,8 +296,13 @@ impl TestClient {
     /// Registers `localpart`, logs in on a fresh encrypted store and syncs
     /// in the background.
     pub async fn new(localpart: &str) -> TestClient {
+        let user = Synapse::get().register(localpart, "password").await;
+        TestClient::log_in(&user, "password").await
+    }
+
+    /// Logs `user` in on a fresh encrypted store and syncs in the background.
+    pub async fn log_in(user: &str, password: &str) -> TestClient {
         let hs = Synapse::get();
-        let user = hs.register(localpart, "password").await;
         let dir = tempfile::tempdir().unwrap();
         let client = Client::builder()
             .homeserver_url(&hs.url)
@@ -277,7 +311,7 @@ impl TestClient {
             .build()
             .await
             .unwrap();
-        client.matrix_auth().login_username(&user, "password").initial_device_display_name("test").await.unwrap();
+        client.matrix_auth().login_username(user, password).initial_device_display_name("test").await.unwrap();
         let inbox: Inbox = Default::default();
         let invites: Arc<Mutex<VecDeque<OwnedRoomId>>> = Default::default();
         client.sync_once(SyncSettings::default()).await.unwrap();
@@ -322,7 +356,7 @@ impl TestClient {
                 }
             }
         });
-        TestClient { user_id: user.as_str().try_into().unwrap(), client, inbox, invites, _dir: dir }
+        TestClient { user_id: user.try_into().unwrap(), client, inbox, invites, _dir: dir }
     }
 
     /// Creates an encrypted DM the way Element does and invites `bot`.
