@@ -253,3 +253,79 @@ async fn a_reload_ends_the_chat_cleanly() {
     assert_eq!(recs[0]["outcome"], "abandoned");
     assert_eq!(recs[0]["intake_completed"], false);
 }
+
+/// The bot's own part, without a page that could delete the account
+/// itself: a visitor signed up through the web chat's path (on a
+/// matrix-sdk client) finishes a case, and the bot deletes the account.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bot_deletes_a_web_account_when_its_chat_ends() {
+    let (mut s, page, prefix) = web_scene().await;
+    let hs = Synapse::get();
+    let user = hs.register_via_web(&page, &format!("{prefix}{}", unique("v")), "pw-web-visitor").await;
+    let v = common::TestClient::log_in(&user, "pw-web-visitor").await;
+    let room = v.open_dm(&s.bot.user_id).await;
+    v.expect(&room, "Which language").await;
+    v.send(&room, "1").await;
+    for (i, a) in ["1", "2", "1", "1", "2", "1"].iter().enumerate() {
+        v.expect(&room, &format!("({}/6)", i + 1)).await;
+        v.send(&room, a).await;
+    }
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    c.send(&room, "!close advice").await;
+    v.expect(&room, "ended").await;
+    let user: OwnedUserId = user.try_into().unwrap();
+    let took = deactivated_within(&user, Duration::from_secs(60)).await;
+    eprintln!("deactivated {took:?} after the goodbye");
+    // A counsellor, also on the bot's server, is never touched.
+    let counsellor = &s.counsellors[0].user_id;
+    let v2: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/_synapse/admin/v2/users/{}",
+            hs.url,
+            counsellor.as_str().replace('@', "%40").replace(':', "%3A")
+        ))
+        .bearer_auth(hs.admin_token().await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v2["deactivated"], false);
+    let recs = records(&mut s);
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0]["outcome"], "advice");
+}
+
+/// A page closed before its chat began leaves an account with no chat:
+/// the bot deletes it once it is older than `web.idle_account_minutes`,
+/// and leaves alone an account whose chat is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_web_accounts_are_deleted_and_busy_ones_kept() {
+    let (s, page, prefix) = web_scene().await;
+    let hs = Synapse::get();
+    let idle = hs.register_via_web(&page, &format!("{prefix}{}", unique("idle")), "pw-idle").await;
+    let busy = hs.register_via_web(&page, &format!("{prefix}{}", unique("busy")), "pw-busy").await;
+    let v = common::TestClient::log_in(&busy, "pw-busy").await;
+    let room = v.open_dm(&s.bot.user_id).await;
+    v.expect(&room, "Which language").await;
+    let idle: OwnedUserId = idle.try_into().unwrap();
+    // Older than a minute, then the next sweep (every minute).
+    let took = deactivated_within(&idle, Duration::from_secs(200)).await;
+    eprintln!("idle account deleted after {took:?}");
+    assert!(took > Duration::from_secs(30), "deleted before it was idle long enough: {took:?}");
+    let busy_state: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/_synapse/admin/v2/users/{}", hs.url, busy.replace('@', "%40").replace(':', "%3A")))
+        .bearer_auth(hs.admin_token().await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(busy_state["deactivated"], false, "an account with an open chat was deleted");
+    assert!(s.bot.log_text().contains("idle web chat accounts deleted"));
+}
