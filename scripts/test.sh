@@ -16,7 +16,7 @@ if ! command -v chromium >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
 fi
-(cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build)
+(cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build && npm test --silent)
 # Builds everything, the load generator included (so it cannot rot), but
 # runs the tests only: the benchmark runs on request (cargo bench).
 cargo build --all-targets --locked

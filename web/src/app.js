@@ -12,7 +12,11 @@
 // the chat (see README, "Web chat": nothing is kept to continue it with).
 
 import { ClientEvent, createClient, MemoryStore, Preset, RoomEvent, RoomMemberEvent } from "matrix-js-sdk";
+import { logger } from "matrix-js-sdk/lib/logger.js";
 import { TEXTS, browserLanguage, choicesOf, placeInLine } from "./texts.js";
+
+// The SDK's chatter names rooms and accounts: errors only, even in a console.
+logger.setLevel("error");
 
 let lang = browserLanguage(navigator.languages || [navigator.language]);
 const $ = (id) => document.getElementById(id);
