@@ -146,3 +146,37 @@ fn configured_monitor_figures_are_checked() {
     assert!(p.iter().any(|l| l.contains("`stats.monitor[1].question`") && l.contains("shoe_size")), "{p:?}");
     assert_eq!(c.stats.min_count, 10);
 }
+
+#[test]
+fn web_chat_settings_are_checked() {
+    let web = "[web]\nlisten = \"127.0.0.1:8090\"\npublic_homeserver_url = \"https://hs.example\"\nquick_exit_url = \"https://weather.example/\"\n";
+    let with_token = MINIMAL.replace("[storage]", "admin_token_file = \"token\"\n[storage]");
+    let c = Config::parse(&format!("{with_token}{web}")).unwrap();
+    assert_eq!(c.validate_web(false), Vec::<String>::new());
+    let w = c.web.as_ref().unwrap();
+    assert_eq!((w.account_prefix.as_str(), w.signups_per_minute, w.idle_account_minutes), ("web-", 30, 10));
+    assert_eq!(w.assets_dir, std::path::PathBuf::from("web/dist"));
+
+    // No admin token anywhere: named, with the way out.
+    let c = Config::parse(&format!("{MINIMAL}{web}")).unwrap();
+    let p = c.validate_web(false);
+    assert!(p.len() == 1 && p[0].starts_with("key `matrix.admin_token_file`"), "{p:?}");
+    assert_eq!(c.validate_web(true), Vec::<String>::new(), "INTAKE_BOT_ADMIN_TOKEN is enough");
+
+    let bad = web
+        .replace("127.0.0.1:8090", "localhost")
+        .replace("https://hs.example", "hs.example")
+        .replace("https://weather.example/", "javascript:alert(1)")
+        + "account_prefix = \"Web Visitor\"\nsignups_per_minute = 0\n";
+    let c = Config::parse(&format!("{with_token}{bad}")).unwrap();
+    let p = c.validate_web(false);
+    for key in [
+        "web.listen",
+        "web.public_homeserver_url",
+        "web.quick_exit_url",
+        "web.account_prefix",
+        "web.signups_per_minute",
+    ] {
+        assert!(p.iter().any(|l| l.starts_with(&format!("key `{key}`"))), "{key} not named in {p:?}");
+    }
+}

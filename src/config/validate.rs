@@ -21,13 +21,16 @@ impl Config {
         self.validate_outcomes(&mut p);
         p.extend(self.validate_stats());
         self.validate_rest(&mut p);
-        self.validate_web(&mut p);
+        let env_token = std::env::var("INTAKE_BOT_ADMIN_TOKEN").is_ok_and(|v| !v.is_empty());
+        p.extend(self.validate_web(env_token));
         p
     }
 
-    /// `[web]`: addresses, the prefix, and an admin token to mint sign-ups with.
-    fn validate_web(&self, p: &mut Vec<String>) {
-        let Some(w) = &self.web else { return };
+    /// `[web]`: addresses, the prefix, and an admin token to mint sign-ups
+    /// with (`env_token`: `INTAKE_BOT_ADMIN_TOKEN` is set).
+    pub(super) fn validate_web(&self, env_token: bool) -> Vec<String> {
+        let mut p = Vec::new();
+        let Some(w) = &self.web else { return p };
         if w.listen.parse::<std::net::SocketAddr>().is_err() {
             p.push(format!("key `web.listen`: `{}` is not an address like 127.0.0.1:8090", w.listen));
         }
@@ -48,12 +51,10 @@ impl Config {
         if w.idle_account_minutes == 0 {
             p.push("key `web.idle_account_minutes`: expected at least 1".into());
         }
-        if self.matrix.admin_token_file.is_none() && self.privacy.purge_admin_token_file.is_none() {
-            // The environment variable may still provide it; `run` checks.
-            if std::env::var("INTAKE_BOT_ADMIN_TOKEN").map_or(true, |v| v.is_empty()) {
-                p.push("key `matrix.admin_token_file`: the web chat needs a Synapse admin token (this key or INTAKE_BOT_ADMIN_TOKEN) to hand out sign-up tokens and delete finished accounts".into());
-            }
+        if self.matrix.admin_token_file.is_none() && self.privacy.purge_admin_token_file.is_none() && !env_token {
+            p.push("key `matrix.admin_token_file`: the web chat needs a Synapse admin token (this key or INTAKE_BOT_ADMIN_TOKEN) to hand out sign-up tokens and delete finished accounts".into());
         }
+        p
     }
 
     fn validate_matrix(&self, p: &mut Vec<String>) {
