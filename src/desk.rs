@@ -114,9 +114,10 @@ impl Desk {
     pub fn handle(&mut self, now: i64, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
-            Event::Opened { key, case_id } => {
+            Event::Opened { key, case_id, record_id } => {
                 if !self.cases.contains_key(&key) {
-                    let (case, fx) = Case::start(&self.settings, case_id, now);
+                    let (mut case, fx) = Case::start(&self.settings, case_id, now);
+                    case.record = record_id;
                     self.cases.insert(key.clone(), case);
                     self.apply(&key, now, fx, &mut out);
                     out.push(Action::SaveCase { key });
@@ -233,7 +234,7 @@ impl Desk {
             case.closing = Some(outcome.to_owned());
             out.push(Action::MarkClosing { key: key.to_owned(), case: Box::new(case.clone()) });
         }
-        out.push(Action::Record(record));
+        out.push(Action::Record { case_id: case.id.clone(), record });
         match goodbye {
             Some(Farewell::Visitor(text)) => out.push(Action::Say { key: key.to_owned(), text }),
             Some(Farewell::Counsellor(text)) => out.push(Action::Warn { key: key.to_owned(), text }),
@@ -495,8 +496,9 @@ impl Desk {
     }
 
     /// Ends a case that may not run because its room is not encrypted.
-    pub fn refuse_unencrypted(&self, now: i64, case_id: String) -> OutcomeRecord {
-        let (case, _) = Case::start(&self.settings, case_id, now);
+    pub fn refuse_unencrypted(&self, now: i64, case_id: String, record_id: String) -> OutcomeRecord {
+        let (mut case, _) = Case::start(&self.settings, case_id, now);
+        case.record = record_id;
         OutcomeRecord::from_case(&self.settings, &case, now, tags::UNENCRYPTED)
     }
 }

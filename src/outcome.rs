@@ -33,8 +33,11 @@ pub(crate) mod tags {
 /// One finished case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutcomeRecord {
-    /// The random id of the case (never derived from a Matrix id).
-    pub case: String,
+    /// The record's own random id (privacy rule 1): not the case id, never
+    /// shown, logged or put in a room. Records written before it existed
+    /// carried the case id as `case`.
+    #[serde(alias = "case")]
+    pub record: String,
     /// ISO week the case started, `YYYY-Www`.
     pub week: String,
     /// The language the intake ran in.
@@ -101,7 +104,7 @@ impl OutcomeRecord {
             _ => None,
         };
         OutcomeRecord {
-            case: case.id.clone(),
+            record: case.record.clone(),
             week: iso_week(case.started),
             language: case.language.clone().unwrap_or_else(|| "none".into()),
             answers,
@@ -118,7 +121,7 @@ impl OutcomeRecord {
 
 /// The fixed CSV columns before one column per question.
 pub(crate) const CSV_FIXED: &[&str] = &[
-    "case",
+    "record",
     "week",
     "language",
     "urgent",
@@ -152,7 +155,7 @@ pub fn to_csv(records: &[OutcomeRecord], questions: &[Question]) -> String {
     out.push('\n');
     for r in records {
         let mut row: Vec<String> = vec![
-            r.case.clone(),
+            r.record.clone(),
             r.week.clone(),
             r.language.clone(),
             r.urgent.to_string(),
@@ -176,7 +179,7 @@ mod tests {
 
     fn rec(case: &str, outcome: &str, answers: &[(&str, &str)]) -> OutcomeRecord {
         OutcomeRecord {
-            case: case.into(),
+            record: case.into(),
             week: "2026-W48".into(),
             language: "en".into(),
             answers: answers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
@@ -212,7 +215,7 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next().unwrap(),
-            "case,week,language,urgent,intake_completed,counsellor_joined,wait,duration,outcome,step_reached,q:age,q:who"
+            "record,week,language,urgent,intake_completed,counsellor_joined,wait,duration,outcome,step_reached,q:age,q:who"
         );
         assert_eq!(lines.next().unwrap(), "a1,2026-W48,en,false,true,true,<1m,5-15m,advice,,15_17,");
         assert_eq!(lines.next().unwrap(), "\"b,2\",2026-W48,en,false,true,true,<1m,5-15m,referred,,,myself");

@@ -177,7 +177,8 @@ impl Store {
     /// Writing the same case twice keeps the first record.
     pub async fn record(&self, r: &OutcomeRecord) -> Result<()> {
         let v = serde_json::to_vec(r)?;
-        let _ = self.outcomes.compare_and_swap(r.case.as_bytes(), None::<&[u8]>, Some(v)).context("writing outcome")?;
+        let _ =
+            self.outcomes.compare_and_swap(r.record.as_bytes(), None::<&[u8]>, Some(v)).context("writing outcome")?;
         self.db.flush_async().await.context("flushing outcome")?;
         Ok(())
     }
@@ -189,7 +190,7 @@ impl Store {
             let (_, v) = item.context("reading outcomes")?;
             out.push(serde_json::from_slice::<OutcomeRecord>(&v).context("reading an outcome record")?);
         }
-        out.sort_by(|a, b| a.week.cmp(&b.week).then(a.case.cmp(&b.case)));
+        out.sort_by(|a, b| a.week.cmp(&b.week).then(a.record.cmp(&b.record)));
         Ok(out)
     }
 
@@ -282,7 +283,7 @@ mod tests {
         let e = Store::open(dir.path(), false).err().unwrap();
         assert!(matches!(e.downcast_ref::<StoreError>(), Some(StoreError::InUse(_))), "{e}");
         let r = OutcomeRecord {
-            case: "c1".into(),
+            record: "c1".into(),
             week: "2026-W48".into(),
             language: "en".into(),
             answers: BTreeMap::new(),

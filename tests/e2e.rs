@@ -101,11 +101,11 @@ async fn full_case_ends_in_an_exported_record() {
     assert_eq!(r["answers"]["safe_now"], "yes");
     let week = r["week"].as_str().unwrap();
     assert!(week.len() == 8 && &week[4..6] == "-W", "{week}");
-    assert_eq!(r["case"].as_str().unwrap().len(), 16);
+    assert_eq!(r["record"].as_str().unwrap().len(), 24);
 
     let csv = s.bot.cli(&["export", "--format", "csv"]);
     let csv = String::from_utf8(csv.stdout).unwrap();
-    assert!(csv.starts_with("case,week,language,"), "{csv}");
+    assert!(csv.starts_with("record,week,language,"), "{csv}");
     assert!(csv.lines().nth(1).unwrap().contains(",advice,"), "{csv}");
 
     let stats = s.bot.cli(&["stats"]);

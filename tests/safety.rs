@@ -99,8 +99,18 @@ prompt = { en = "Tell us what happened, in a few words." }
         files.iter().any(|(_, b)| contains_bytes(b, s.bot.user_id.as_bytes())),
         "the bot's own id (in session.json) should be found by the scan"
     );
-    let case_id = records[0]["case"].as_str().unwrap();
+    // The summary names the case ("New chat (case <id>)"); the record has
+    // an id of its own that no log line, room or message ever shows.
+    let case_id = summary.split("(case ").nth(1).and_then(|t| t.split(')').next()).expect("case id in the summary");
     assert!(log.contains(case_id), "the log names the case by its case id");
+    let record_id = records[0]["record"].as_str().unwrap();
+    assert_eq!(record_id.len(), 24);
+    assert_ne!(record_id, case_id);
+    assert!(!log.contains(record_id), "the record id is in the log");
+    let said = bot_messages(c, &room, &s.bot.user_id).await;
+    assert!(said.iter().any(|m| m.decrypted), "the counsellor reads the bot's last messages");
+    assert!(said.iter().all(|m| !m.body.contains(record_id)), "the record id was said in the room");
+    assert!(!summary.contains(record_id), "the record id is in the summary");
     assert!(log.contains("DEBUG") || log.contains("TRACE") || log.contains("INFO"));
     for (what, value) in &canaries {
         for (path, bytes) in &files {

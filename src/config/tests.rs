@@ -155,7 +155,7 @@ fn web_chat_settings_are_checked() {
     assert_eq!(c.validate_web(false), Vec::<String>::new());
     let w = c.web.as_ref().unwrap();
     assert_eq!((w.account_prefix.as_str(), w.signups_per_minute, w.idle_account_minutes), ("web-", 30, 10));
-    assert_eq!(w.assets_dir, std::path::PathBuf::from("web/dist"));
+    assert_eq!(w.assets_dir, PathBuf::from("web/dist"));
 
     // No admin token anywhere: named, with the way out.
     let c = Config::parse(&format!("{MINIMAL}{web}")).unwrap();

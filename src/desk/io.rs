@@ -8,7 +8,7 @@ use crate::outcome::OutcomeRecord;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The bot is in a new, encrypted visitor room: start the intake.
-    Opened { key: String, case_id: String },
+    Opened { key: String, case_id: String, record_id: String },
     /// A message from the visitor of a case.
     Visitor { key: String, input: VisitorInput },
     /// The visitor left the room.
@@ -110,7 +110,11 @@ pub enum Action {
     /// Persist the routing state.
     SaveRouter,
     /// Write the outcome record and flush (before the goodbye goes out).
-    Record(OutcomeRecord),
+    /// `case_id` is for the log; the record carries only its own id.
+    Record {
+        case_id: String,
+        record: OutcomeRecord,
+    },
     /// Persist a case that is being closed (its goodbye may not be sent yet).
     MarkClosing {
         key: String,

@@ -38,14 +38,14 @@ fn staff(actions: &[Action]) -> Vec<String> {
 
 fn record(actions: &[Action]) -> Option<&OutcomeRecord> {
     actions.iter().find_map(|a| match a {
-        Action::Record(r) => Some(r),
+        Action::Record { record: r, .. } => Some(r),
         _ => None,
     })
 }
 
 /// Opens case `k` and answers all six questions.
 fn intake(d: &mut Desk, k: &str, t: i64) -> Vec<Action> {
-    d.handle(t, Event::Opened { key: k.into(), case_id: format!("id-{k}") });
+    d.handle(t, Event::Opened { key: k.into(), case_id: format!("id-{k}"), record_id: format!("r-{k}") });
     let mut last = Vec::new();
     for a in ["1", "2", "1", "1", "2", "1"] {
         last = d.handle(t, text(k, a));
@@ -60,7 +60,7 @@ fn a_whole_case_from_greeting_to_close() {
     assert_eq!(staff(&out), vec!["You are available."]);
     assert!(out.contains(&Action::SaveRouter));
 
-    let out = d.handle(1000, Event::Opened { key: "k".into(), case_id: "c1".into() });
+    let out = d.handle(1000, Event::Opened { key: "k".into(), case_id: "c1".into(), record_id: "r".into() });
     assert_eq!(said_to(&out, "k").len(), 2);
     assert!(out.contains(&Action::SaveCase { key: "k".into() }));
 
@@ -95,7 +95,7 @@ fn a_whole_case_from_greeting_to_close() {
     let out = d.handle(1100, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!close Referred".into() });
     let rec = record(&out).expect("a record");
     assert_eq!(rec.outcome, "referred");
-    assert_eq!(rec.case, "c1");
+    assert_eq!(rec.record, "r", "the record carries its own id, not the case id");
     assert!(rec.intake_completed && rec.counsellor_joined && !rec.urgent);
     assert_eq!(rec.answers["age"], "15_17");
     assert_eq!(rec.wait, "<1m");
@@ -104,7 +104,7 @@ fn a_whole_case_from_greeting_to_close() {
     let kinds: Vec<&str> = out
         .iter()
         .map(|a| match a {
-            Action::Record(_) => "record",
+            Action::Record { .. } => "record",
             Action::DeleteCase { .. } => "delete",
             Action::Say { .. } => "say",
             Action::Leave { .. } => "leave",
@@ -123,7 +123,7 @@ fn a_whole_case_from_greeting_to_close() {
 #[test]
 fn visitor_leaving_is_abandoned_with_step() {
     let mut d = desk();
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into(), record_id: "r".into() });
     d.handle(1, text("k", "1"));
     let out = d.handle(2, Event::VisitorLeft { key: "k".into() });
     let rec = record(&out).unwrap();
@@ -142,12 +142,12 @@ fn visitor_leaving_is_abandoned_with_step() {
 #[test]
 fn stop_records_before_goodbye() {
     let mut d = desk();
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into(), record_id: "r".into() });
     let out = d.handle(1, text("k", "stop"));
     let rest: Vec<&Action> =
         out.iter().filter(|a| !matches!(a, Action::SaveCase { .. } | Action::SaveRouter)).collect();
     assert!(matches!(rest[0], Action::MarkClosing { .. }));
-    assert!(matches!(rest[1], Action::Record(r) if r.outcome == "stopped"));
+    assert!(matches!(rest[1], Action::Record { record: r, .. } if r.outcome == "stopped"));
     assert!(said_to(&out, "k")[0].contains("ended"));
     assert!(d.cases.is_empty());
 }
@@ -169,7 +169,7 @@ fn staff_commands_only_from_counsellors() {
 fn urgent_case_tells_staff_and_goes_first() {
     let mut d = desk();
     intake(&mut d, "k1", 0);
-    d.handle(1, Event::Opened { key: "k2".into(), case_id: "c2".into() });
+    d.handle(1, Event::Opened { key: "k2".into(), case_id: "c2".into(), record_id: "r".into() });
     let out = d.handle(2, text("k2", "help me now"));
     assert!(staff(&out).iter().any(|t| t.contains("URGENT") && t.contains("c2")));
     for a in ["1", "1", "1", "1", "1", "1"] {
@@ -220,7 +220,7 @@ fn transfer_and_counsellor_leaving_requeue() {
 fn a_transferred_urgent_case_stays_urgent() {
     let mut d = desk();
     d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "id-k".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "id-k".into(), record_id: "r".into() });
     d.handle(0, text("k", "in danger"));
     for a in ["1", "2", "1", "1", "2", "1"] {
         d.handle(0, text("k", a));
@@ -266,7 +266,7 @@ fn closed_hours_tell_when_open() {
 #[test]
 fn expiry_ends_old_cases() {
     let mut d = desk();
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into(), record_id: "r".into() });
     assert!(d.expired(100, 3600).is_empty());
     assert_eq!(d.expired(3601, 3600), vec!["k".to_owned()]);
     let out = d.expire("k", 3601);
@@ -382,7 +382,11 @@ fn random_event_sequences_never_panic_or_break_invariants() {
                 inputs[rng.gen_range(0..inputs.len())].to_owned()
             };
             let ev = match rng.gen_range(0..16) {
-                0 => Event::Opened { key, case_id: format!("c{}", rng.r#gen::<u32>()) },
+                0 => Event::Opened {
+                    key,
+                    case_id: format!("c{}", rng.r#gen::<u32>()),
+                    record_id: format!("r{}", rng.r#gen::<u32>()),
+                },
                 1..=7 => Event::Visitor { key, input: VisitorInput::Text(t) },
                 8 => Event::Visitor {
                     key,
@@ -402,7 +406,8 @@ fn random_event_sequences_never_panic_or_break_invariants() {
             let out = d.handle(now, ev);
             check_invariants(&d);
             with_counsellor += d.cases.values().filter(|c| c.step == Step::Counsellor).count();
-            closed_by_tag += out.iter().filter(|a| matches!(a, Action::Record(r) if r.outcome == "advice")).count();
+            closed_by_tag +=
+                out.iter().filter(|a| matches!(a, Action::Record { record: r, .. } if r.outcome == "advice")).count();
             if rng.gen_bool(0.05) {
                 // A restart: everything through serde, as the store keeps it.
                 let cases = d
@@ -489,7 +494,7 @@ fn a_third_person_with_a_counsellor_in_warns_the_counsellor_only() {
 #[test]
 fn events_seen_again_change_nothing() {
     let mut d = desk();
-    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into() });
+    d.handle(0, Event::Opened { key: "k".into(), case_id: "c".into(), record_id: "r".into() });
     assert!(d.note_event("k", "h1"));
     d.handle(1, text("k", "1"));
     assert!(!d.note_event("k", "h1"), "the same event again is refused");
@@ -525,7 +530,7 @@ fn state_is_saved_before_anything_visible() {
         let last_save = out.iter().rposition(|a| matches!(a, Action::SaveCase { .. } | Action::SaveRouter));
         assert!(last_save.is_none_or(|s| s < first_visible), "{out:?}");
     };
-    check(&d.handle(1, Event::Opened { key: "k".into(), case_id: "c".into() }));
+    check(&d.handle(1, Event::Opened { key: "k".into(), case_id: "c".into(), record_id: "r".into() }));
     for a in ["1", "banana", "2", "1", "1", "1", "1"] {
         check(&d.handle(2, text("k", a)));
     }

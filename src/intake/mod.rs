@@ -161,8 +161,14 @@ impl Answer {
 /// in memory until the counsellor's summary is posted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Case {
-    /// Random case id, never derived from a Matrix id.
+    /// Random case id, never derived from a Matrix id; named in logs and
+    /// the staff room.
     pub id: String,
+    /// Random id of the outcome record this case will write, unrelated to
+    /// `id` and never shown, logged or put in a room. Empty in cases saved
+    /// before it existed (the edge then draws one at the end).
+    #[serde(default)]
+    pub record: String,
     /// When the case started (Unix seconds); for expiry and coarse buckets.
     pub started: i64,
     pub language: Option<String>,
@@ -271,6 +277,7 @@ impl Case {
     pub fn start(s: &Settings, id: String, now: i64) -> (Case, Vec<Effect>) {
         let mut case = Case {
             id,
+            record: String::new(),
             started: now,
             language: None,
             step: Step::Language,

@@ -71,6 +71,14 @@ fn new_case_id() -> String {
     hex::encode(b)
 }
 
+/// A random outcome record id, drawn apart from the case id so the two
+/// cannot be linked (privacy rule 1).
+pub(super) fn new_record_id() -> String {
+    let mut b = [0u8; 12];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
 /// Why a room gets no case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Refusal {
@@ -225,15 +233,15 @@ impl Worker {
                 self.rooms.insert(key.clone(), room);
                 info!(case = %case_id, "new case");
                 self.metrics.case_started();
-                self.dispatch(Event::Opened { key: key.clone(), case_id }).await;
+                self.dispatch(Event::Opened { key: key.clone(), case_id, record_id: new_record_id() }).await;
                 self.tell_source(&key);
             }
             Verdict::Unencrypted => {
                 info!(case = %case_id, "room not encrypted and cannot be; explaining and leaving");
                 // The record is durable before anything is visible: a stop
                 // right after the explanation must not lose it.
-                let rec = self.desk.refuse_unencrypted(now(), case_id.clone());
-                self.record(&rec).await;
+                let rec = self.desk.refuse_unencrypted(now(), case_id.clone(), new_record_id());
+                self.record(&case_id, rec).await;
                 let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
                 let guard = Some(self.counsellors.clone());
                 let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);

@@ -519,7 +519,7 @@ impl Worker {
                     }
                     self.dirty = true;
                 }
-                Action::Record(rec) => self.record(&rec).await,
+                Action::Record { case_id, record } => self.record(&case_id, record).await,
                 Action::MarkClosing { key, case } => {
                     if let Err(e) = self.store.save_case(&key, &case) {
                         error!(case = %case.id, error = %e, "saving the closing case failed");
@@ -594,13 +594,18 @@ impl Worker {
         self.desk.case_id(key).unwrap_or("ended").to_owned()
     }
 
-    async fn record(&self, rec: &OutcomeRecord) {
-        match self.store.record(rec).await {
+    /// Writes an outcome record; logs by case id, never the record's id.
+    async fn record(&self, case_id: &str, mut rec: OutcomeRecord) {
+        if rec.record.is_empty() {
+            // A case saved before cases carried their record id.
+            rec.record = admission::new_record_id();
+        }
+        match self.store.record(&rec).await {
             Ok(()) => {
-                info!(case = %rec.case, outcome = %rec.outcome, "case ended; outcome recorded");
+                info!(case = %case_id, outcome = %rec.outcome, "case ended; outcome recorded");
                 self.metrics.case_ended(&rec.outcome, rec.intake_completed);
             }
-            Err(e) => error!(case = %rec.case, error = %e, "writing the outcome record failed"),
+            Err(e) => error!(case = %case_id, error = %e, "writing the outcome record failed"),
         }
     }
 }

@@ -3,7 +3,7 @@ use crate::intake::questionnaire::Choice;
 
 fn rec(week: &str, outcome: &str, answers: &[(&str, &str)]) -> OutcomeRecord {
     OutcomeRecord {
-        case: format!("c{week}{outcome}"),
+        record: format!("c{week}{outcome}"),
         week: week.into(),
         language: "en".into(),
         answers: answers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
