@@ -230,10 +230,12 @@ impl Desk {
     fn end(&mut self, key: &str, now: i64, outcome: &str, goodbye: Option<Farewell>, out: &mut Vec<Action>) {
         let Some(mut case) = self.cases.remove(key) else { return };
         let record = OutcomeRecord::from_case(&self.settings, &case, now, outcome);
-        if goodbye.is_some() {
-            case.closing = Some(outcome.to_owned());
-            out.push(Action::MarkClosing { key: key.to_owned(), case: Box::new(case.clone()) });
-        }
+        // Stored as closing before the record, always: a crash after the
+        // record then finishes the case (goodbye or not, and leaving) on
+        // the next start instead of resuming it.
+        case.closing = Some(outcome.to_owned());
+        case.quiet_close = goodbye.is_none();
+        out.push(Action::MarkClosing { key: key.to_owned(), case: Box::new(case.clone()) });
         out.push(Action::Record { case_id: case.id.clone(), record });
         match goodbye {
             Some(Farewell::Visitor(text)) => out.push(Action::Say { key: key.to_owned(), text }),
@@ -294,15 +296,16 @@ impl Desk {
             let Some(case) = self.cases.get_mut(&key) else { continue };
             let outcome = case.closing.take().unwrap_or_default();
             let bye = match outcome.as_str() {
-                tags::GROUP => Farewell::Counsellor(self.settings.say(
+                _ if case.quiet_close => None,
+                tags::GROUP => Some(Farewell::Counsellor(self.settings.say(
                     self.settings.staff_language(),
                     TextKey::IntruderCounsellor,
                     &[],
-                )),
-                tags::STOPPED => Farewell::Visitor(self.settings.say(case.lang(), TextKey::Stopped, &[])),
-                _ => Farewell::Visitor(self.settings.say(case.lang(), TextKey::Goodbye, &[])),
+                ))),
+                tags::STOPPED => Some(Farewell::Visitor(self.settings.say(case.lang(), TextKey::Stopped, &[]))),
+                _ => Some(Farewell::Visitor(self.settings.say(case.lang(), TextKey::Goodbye, &[]))),
             };
-            self.end(&key, now, &outcome, Some(bye), &mut out);
+            self.end(&key, now, &outcome, bye, &mut out);
         }
         out
     }

@@ -299,6 +299,33 @@ fn a_crash_while_closing_finishes_the_goodbye_on_restart() {
     assert!(restarted.cases.is_empty());
 }
 
+#[test]
+fn a_crash_after_a_quiet_end_leaves_the_room_on_restart_with_the_same_record() {
+    let mut d = desk();
+    intake(&mut d, "k", 1);
+    // The visitor leaves: no goodbye, but the case is still stored as
+    // closing before its record, so a crash right after the record does
+    // not bring it back as a case in progress.
+    let out = d.handle(3, Event::VisitorLeft { key: "k".into() });
+    let first = record(&out).unwrap().clone();
+    assert_eq!((first.outcome.as_str(), first.record.as_str()), ("abandoned", "r-k"));
+    let Some(Action::MarkClosing { case, .. }) = out.iter().find(|a| matches!(a, Action::MarkClosing { .. })) else {
+        panic!("no closing mark: {out:?}")
+    };
+    assert!(case.quiet_close);
+    let mut cases = BTreeMap::new();
+    cases.insert("k".to_owned(), (**case).clone());
+    let mut restarted =
+        Desk::new(Setup { settings: d.settings.clone(), policy: d.policy, hours: None }, cases, d.router.clone());
+    let out = restarted.finish_closing(5);
+    // The same record (the store keeps the first of one id), no message
+    // to an empty room, and the bot leaves.
+    assert_eq!(record(&out).unwrap().record, first.record);
+    assert!(said_to(&out, "k").is_empty(), "{out:?}");
+    assert!(out.iter().any(|a| matches!(a, Action::Leave { key, .. } if key == "k")));
+    assert!(restarted.cases.is_empty());
+}
+
 /// Checks that the desk and routing agree and no case is in an impossible
 /// state.
 fn check_invariants(d: &Desk) {

@@ -164,6 +164,10 @@ pub struct Case {
     /// Random case id, never derived from a Matrix id; named in logs and
     /// the staff room.
     pub id: String,
+    /// The case is closing without a goodbye (the visitor left, it expired,
+    /// or strangers are in the room): a restart finishes it silently.
+    #[serde(default)]
+    pub quiet_close: bool,
     /// Random id of the outcome record this case will write, unrelated to
     /// `id` and never shown, logged or put in a room. Empty in cases saved
     /// before it existed (the edge then draws one at the end).
@@ -278,6 +282,7 @@ impl Case {
         let mut case = Case {
             id,
             record: String::new(),
+            quiet_close: false,
             started: now,
             language: None,
             step: Step::Language,
