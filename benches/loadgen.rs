@@ -342,7 +342,7 @@ async fn run(args: Args) {
     let syn_pid = synapse_pid();
     let (syn_cpu0, _) = proc_usage(syn_pid);
     let (bot_cpu0, _) = proc_usage(bot_pid);
-    let bot = intake_run(&scene, &vs, args.ramp_secs).await;
+    let bot = intake_run(&scene, &vs, args.ramp_secs, args.web).await;
     let (bot_cpu1, bot_hwm) = proc_usage(bot_pid);
     let (syn_cpu1, _) = proc_usage(syn_pid);
 
@@ -448,7 +448,10 @@ async fn run(args: Args) {
 }
 
 /// Every visitor does a whole intake at once; counsellors accept and close.
-async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Run {
+/// With `web`, each visitor's client stops at the end of its chat, as the
+/// page does (the bot deletes the account; a client that went on would
+/// only hammer the homeserver with refused requests).
+async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64, web: bool) -> Run {
     let last_answer: Arc<Mutex<HashMap<OwnedRoomId, Instant>>> = Default::default();
     let invites: Arc<Mutex<Vec<Duration>>> = Default::default();
     let greetings: Arc<Mutex<Vec<Duration>>> = Default::default();
@@ -472,7 +475,11 @@ async fn intake_run(scene: &Scene, vs: &[Arc<TestClient>], ramp_secs: f64) -> Ru
             let delay = Duration::from_secs_f64(ramp_secs * i as f64 / vs.len() as f64);
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                visitor_intake(v, bot, last, greet).await
+                let r = visitor_intake(v.clone(), bot, last, greet).await;
+                if web {
+                    v.stop_syncing();
+                }
+                r
             })
         })
         .collect();

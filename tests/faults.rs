@@ -232,3 +232,109 @@ async fn a_dead_worker_turns_healthz_503_and_the_process_exits_non_zero() {
     let log = s.bot.log_text();
     assert!(log.contains("ended unexpectedly"), "{log}");
 }
+
+/// Restarts the bot so that it ends itself at `point`, and waits until
+/// it is online.
+async fn restart_crashing_at(s: &mut Scene, point: &str) {
+    s.bot.stop();
+    s.bot.start_crashing_at(point);
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+}
+
+/// Waits for the bot to end itself at its failpoint, then starts it plainly.
+async fn crashed_then_restart(s: &mut Scene) {
+    let st = s.bot.wait_exit(Duration::from_secs(90)).expect("the bot did not stop at its failpoint");
+    assert_eq!(st.code(), Some(137), "{st}");
+    s.bot.start();
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+}
+
+async fn answer_all(s: &Scene, room: &matrix_sdk::ruma::RoomId) {
+    for (i, a) in ["1", "2", "1", "1", "2", "1"].iter().enumerate() {
+        s.visitor.expect(room, &format!("({}/6)", i + 1)).await;
+        s.visitor.send(room, a).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_intake_and_the_invite_still_brings_a_counsellor() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    restart_crashing_at(&mut s, "before-invite").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room).await;
+    crashed_then_restart(&mut s).await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    c.send(&room, "!close advice").await;
+    s.visitor.expect(&room, "ended this chat").await;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0]["outcome"].as_str(), records[0]["counsellor_joined"].as_bool()),
+        (Some("advice"), Some(true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_the_counsellor_joined_keeps_the_join() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    restart_crashing_at(&mut s, "counsellor-joined").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room).await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    // The bot takes the join in from its sync, and dies before handling it.
+    c.join(&room).await;
+    crashed_then_restart(&mut s).await;
+    let c = &s.counsellors[0];
+    let summary = c.expect(&room, "New chat").await;
+    assert!(summary.contains("Language"), "{summary}");
+    s.visitor.expect(&room, "A counsellor is here").await;
+    c.send(&room, "!close advice").await;
+    s.visitor.expect(&room, "ended this chat").await;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0]["outcome"].as_str(), records[0]["counsellor_joined"].as_bool()),
+        (Some("advice"), Some(true))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_quiet_record_still_leaves_the_room() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    restart_crashing_at(&mut s, "recorded").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    s.visitor.expect(&room, "(1/6)").await;
+    s.visitor.send(&room, "1").await;
+    s.visitor.expect(&room, "(2/6)").await;
+    // The visitor leaves: the case ends without a goodbye; the bot dies
+    // right after writing the record.
+    s.visitor.leave(&room).await;
+    crashed_then_restart(&mut s).await;
+    let hs = common::Synapse::get();
+    let admin = hs.admin_token().await;
+    let url =
+        format!("{}/_synapse/admin/v1/rooms/{}/members", hs.url, room.as_str().replace('!', "%21").replace(':', "%3A"));
+    let t0 = std::time::Instant::now();
+    loop {
+        let v: serde_json::Value =
+            reqwest::Client::new().get(&url).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        let members: Vec<&str> = v["members"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+        if !members.contains(&s.bot.user_id.as_str()) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the bot is still in the room after the restart: {v}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "abandoned");
+}

@@ -289,6 +289,8 @@ pub struct TestClient {
     pub user_id: OwnedUserId,
     inbox: Inbox,
     invites: Arc<Mutex<VecDeque<OwnedRoomId>>>,
+    /// Cleared to stop the background sync (an account that is gone).
+    syncing: Arc<std::sync::atomic::AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -347,16 +349,24 @@ impl TestClient {
         // Keeps syncing through homeserver outages (Client::sync stops at
         // the first error).
         let c = client.clone();
+        let syncing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let on = syncing.clone();
         tokio::spawn(async move {
             let mut settings = SyncSettings::default().timeout(Duration::from_secs(5));
-            loop {
+            while on.load(Ordering::Relaxed) {
                 match c.sync_once(settings.clone()).await {
                     Ok(r) => settings = settings.token(r.next_batch),
                     Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
         });
-        TestClient { user_id: user.try_into().unwrap(), client, inbox, invites, _dir: dir }
+        TestClient { user_id: user.try_into().unwrap(), client, inbox, invites, syncing, _dir: dir }
+    }
+
+    /// Stops the background sync after the current request, as a client
+    /// whose account is gone would (the page stops its client at the end).
+    pub fn stop_syncing(&self) {
+        self.syncing.store(false, Ordering::Relaxed);
     }
 
     /// Creates an encrypted DM the way Element does and invites `bot`.
@@ -599,6 +609,16 @@ tags = ["advice", "referred", "other"]
 
     /// Starts `intake-bot run`, logging at the most verbose level to a file.
     pub fn start(&mut self) {
+        self.start_with(&[]);
+    }
+
+    /// Starts the bot so that it ends itself (exit 137, as a kill -9) at
+    /// the failpoint `point` (see `crash_point` in the worker).
+    pub fn start_crashing_at(&mut self, point: &str) {
+        self.start_with(&[("INTAKE_BOT_TEST_CRASH_AT", point)]);
+    }
+
+    fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
@@ -611,6 +631,7 @@ tags = ["advice", "referred", "other"]
             // Debug builds only: lets a test make the worker panic.
             .env("INTAKE_BOT_TEST_FAILPOINTS", "1")
             .env("RUST_LOG", std::env::var("INTAKE_BOT_TEST_LOG").unwrap_or_else(|_| "trace".into()))
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, UserId};
-use matrix_sdk::{Client, Room};
+use matrix_sdk::{Client, Room, RoomMemberships};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, instrument, warn};
 
@@ -81,6 +81,25 @@ impl WebAccounts {
             && !counsellors.iter().any(|c| c == user)
             && Some(user) != bot
     }
+}
+
+/// Debug builds with `INTAKE_BOT_TEST_FAILPOINTS` only: ends the process
+/// at the point `INTAKE_BOT_TEST_CRASH_AT` names, as a kill -9 there would,
+/// for the crash tests. A point reached from a sync waits 3 s first, so
+/// that the SDK has stored the sync position past the event.
+async fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("INTAKE_BOT_TEST_FAILPOINTS").is_some()
+        && std::env::var("INTAKE_BOT_TEST_CRASH_AT").is_ok_and(|p| p == point)
+    {
+        if point == "counsellor-joined" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        error!(point, "failpoint: the process ends here (debug builds, tests only)");
+        std::process::exit(137);
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
 }
 
 /// How often web chat accounts without a chat are looked for.
@@ -216,6 +235,72 @@ impl Worker {
         })
     }
 
+    /// After a restart: membership changes whose events were taken in but
+    /// not yet handled when the bot stopped (the sync position had moved
+    /// past them) are read from the rooms' current members. A configured
+    /// counsellor in the room of a case that has none gets the case as if
+    /// they had just joined; a case whose visitor is gone ends.
+    async fn resume_members(&mut self) {
+        let mut events = Vec::new();
+        for (key, room) in &self.rooms {
+            let Some(case) = self.desk.cases.get(key) else { continue };
+            if case.closing.is_some() {
+                continue;
+            }
+            let Ok(members) = room.members_no_sync(RoomMemberships::JOIN).await else { continue };
+            let me = room.own_user_id();
+            let joined_counsellor =
+                members.iter().map(|m| m.user_id()).find(|u| self.counsellors.iter().any(|c| c == u));
+            if !case.counsellor_joined
+                && let Some(c) = joined_counsellor
+            {
+                events.push(Event::CounsellorJoined { key: key.clone(), user: c.to_string() });
+            }
+            let visitor_here =
+                members.iter().any(|m| m.user_id() != me && !self.counsellors.iter().any(|c| c == m.user_id()));
+            if !visitor_here {
+                events.push(Event::VisitorLeft { key: key.clone() });
+            }
+        }
+        if !events.is_empty() {
+            info!(changes = events.len(), "membership changes not handled before the restart: handled now");
+        }
+        for e in events {
+            if let Event::CounsellorJoined { key, user } = &e
+                && let Ok(uid) = UserId::parse(user.as_str())
+            {
+                self.pending.push((Target::Case(key.clone()), Job::RefreshKeys(uid)));
+            }
+            self.dispatch(e).await;
+        }
+        self.commit().await;
+    }
+
+    /// After a restart: leaves rooms the bot is still in that hold no case
+    /// (a finished case whose leave was cut off, a refused room), except
+    /// the staff room.
+    async fn leave_leftover_rooms(&mut self) {
+        let leftovers: Vec<Room> = self
+            .client
+            .joined_rooms()
+            .into_iter()
+            .filter(|r| {
+                r.room_id() != self.staff_room_id && !self.rooms.contains_key(&self.keyer.key(r.room_id().as_str()))
+            })
+            .collect();
+        if leftovers.is_empty() {
+            return;
+        }
+        info!(rooms = leftovers.len(), "leaving rooms of cases that ended before the restart");
+        for room in leftovers {
+            if let Err(e) = room.leave().await {
+                warn!(error = %scrub_err(&e), "leaving a leftover room failed");
+            } else if let Err(e) = room.forget().await {
+                debug!(error = %scrub_err(&e), "forgetting a leftover room failed");
+            }
+        }
+    }
+
     /// The account deletion due when the case of `key` ends, if its
     /// visitor came through the web chat.
     fn retire(&self, key: &str) -> Option<Retire> {
@@ -285,6 +370,8 @@ impl Worker {
         self.execute(closing).await;
         self.commit().await;
         self.backfill().await;
+        self.resume_members().await;
+        self.leave_leftover_rooms().await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
         self.dispatch(Event::Tick).await;
@@ -408,6 +495,7 @@ impl Worker {
                 let Some(key) = self.case_key(&room) else { return };
                 let event = match (self.is_counsellor(&user), change) {
                     (true, MemberChange::Joined) => {
+                        crash_point("counsellor-joined").await;
                         // The summary must be encrypted for their devices:
                         // the room's sender fetches their keys first, so
                         // the worker never waits on the network for it.
@@ -491,6 +579,7 @@ impl Worker {
                 Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
                     Ok(uid) => {
+                        crash_point("before-invite").await;
                         let name = (!self.room_name.is_empty())
                             .then(|| self.room_name.replace("{case}", self.desk.case_id(&key).unwrap_or("")));
                         self.pending.push((Target::Case(key), Job::Invite(uid, name)));
@@ -519,7 +608,10 @@ impl Worker {
                     }
                     self.dirty = true;
                 }
-                Action::Record { case_id, record } => self.record(&case_id, record).await,
+                Action::Record { case_id, record } => {
+                    self.record(&case_id, record).await;
+                    crash_point("recorded").await;
+                }
                 Action::MarkClosing { key, case } => {
                     if let Err(e) = self.store.save_case(&key, &case) {
                         error!(case = %case.id, error = %e, "saving the closing case failed");
