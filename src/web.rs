@@ -85,7 +85,7 @@ impl Web {
 
     async fn signup(&self) -> Response<Full<Bytes>> {
         let now = crate::clock::unix_now();
-        let allowed = self.limiter.lock().map(|mut l| l.allow(now)).unwrap_or(false);
+        let allowed = self.limiter.lock().is_ok_and(|mut l| l.allow(now));
         if !allowed {
             info!("web chat sign-up refused: over web.signups_per_minute");
             return self.respond(StatusCode::TOO_MANY_REQUESTS, "application/json", r#"{"error":"busy"}"#);

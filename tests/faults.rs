@@ -338,3 +338,30 @@ async fn a_crash_right_after_a_quiet_record_still_leaves_the_room() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["outcome"], "abandoned");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_record_write_sends_no_goodbye_and_the_restart_writes_it() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    restart_crashing_at(&mut s, "record-fails").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room).await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    c.expect(&room, "New chat").await;
+    c.send(&room, "!close advice").await;
+    // The record cannot be written: the bot stops, non-zero, before any
+    // goodbye or leaving.
+    let st = s.bot.wait_exit(Duration::from_secs(60)).expect("the bot went on after a failed record write");
+    assert!(!st.success(), "{st}");
+    assert!(s.bot.log_text().contains("a store write failed: nothing more is sent"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.visitor.try_find(&room, "ended this chat").is_none(), "goodbye sent without a record");
+    s.bot.start();
+    s.visitor.expect(&room, "ended this chat").await;
+    s.bot.stop();
+    let records = s.bot.export();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["outcome"], "advice");
+}

@@ -198,7 +198,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     };
     let web = match (&config.web, &admin) {
         (Some(w), Some(a)) => {
-            let bot = client.user_id().map(|u| u.to_string()).unwrap_or_else(|| config.matrix.user_id.clone());
+            let bot = client.user_id().map_or_else(|| config.matrix.user_id.clone(), ToString::to_string);
             let web = Arc::new(crate::web::Web::new(w, &bot, a.clone())?);
             Some((crate::web::bind(&w.listen).await?, web))
         }

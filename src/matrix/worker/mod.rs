@@ -88,18 +88,44 @@ impl WebAccounts {
 /// for the crash tests. A point reached from a sync waits 3 s first, so
 /// that the SDK has stored the sync position past the event.
 async fn crash_point(point: &str) {
+    if !fail_point(point) {
+        return;
+    }
+    if point == "counsellor-joined" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    error!(point, "failpoint: the process ends here (debug builds, tests only)");
+    std::process::exit(137);
+}
+
+/// Debug builds with `INTAKE_BOT_TEST_FAILPOINTS` only: whether
+/// `INTAKE_BOT_TEST_CRASH_AT` names `point`. Always false in release builds.
+fn fail_point(point: &str) -> bool {
     #[cfg(debug_assertions)]
-    if std::env::var_os("INTAKE_BOT_TEST_FAILPOINTS").is_some()
-        && std::env::var("INTAKE_BOT_TEST_CRASH_AT").is_ok_and(|p| p == point)
     {
-        if point == "counsellor-joined" {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-        }
-        error!(point, "failpoint: the process ends here (debug builds, tests only)");
-        std::process::exit(137);
+        std::env::var_os("INTAKE_BOT_TEST_FAILPOINTS").is_some()
+            && std::env::var("INTAKE_BOT_TEST_CRASH_AT").is_ok_and(|p| p == point)
     }
     #[cfg(not(debug_assertions))]
-    let _ = point;
+    {
+        let _ = point;
+        false
+    }
+}
+
+/// Leaves (and forgets) rooms found at start without a case.
+async fn leave_leftover_rooms(leftovers: Vec<Room>) {
+    if leftovers.is_empty() {
+        return;
+    }
+    info!(rooms = leftovers.len(), "leaving rooms of cases that ended before the restart");
+    for room in leftovers {
+        if let Err(e) = room.leave().await {
+            warn!(error = %scrub_err(&e), "leaving a leftover room failed");
+        } else if let Err(e) = room.forget().await {
+            debug!(error = %scrub_err(&e), "forgetting a leftover room failed");
+        }
+    }
 }
 
 /// How often web chat accounts without a chat are looked for.
@@ -161,6 +187,10 @@ pub struct Worker {
     web: Option<WebAccounts>,
     /// Whether an idle-account sweep is running.
     idle_sweep: Arc<std::sync::atomic::AtomicBool>,
+    /// A store write that failed: nothing visible goes out after it, and
+    /// the worker ends (the process exits non-zero; the restart re-derives
+    /// the state from what is durable and the rooms' history).
+    fatal: Option<String>,
 }
 
 impl Worker {
@@ -232,6 +262,7 @@ impl Worker {
             gate,
             web,
             idle_sweep: Arc::default(),
+            fatal: None,
         })
     }
 
@@ -276,38 +307,25 @@ impl Worker {
         self.commit().await;
     }
 
-    /// After a restart: leaves rooms the bot is still in that hold no case
-    /// (a finished case whose leave was cut off, a refused room), except
-    /// the staff room.
-    async fn leave_leftover_rooms(&mut self) {
-        let leftovers: Vec<Room> = self
-            .client
+    /// At start: the rooms the bot is in that hold no case (a finished
+    /// case whose leave was cut off, a refused room), the staff room aside.
+    fn leftover_rooms(&self) -> Vec<Room> {
+        self.client
             .joined_rooms()
             .into_iter()
             .filter(|r| {
                 r.room_id() != self.staff_room_id && !self.rooms.contains_key(&self.keyer.key(r.room_id().as_str()))
             })
-            .collect();
-        if leftovers.is_empty() {
-            return;
-        }
-        info!(rooms = leftovers.len(), "leaving rooms of cases that ended before the restart");
-        for room in leftovers {
-            if let Err(e) = room.leave().await {
-                warn!(error = %scrub_err(&e), "leaving a leftover room failed");
-            } else if let Err(e) = room.forget().await {
-                debug!(error = %scrub_err(&e), "forgetting a leftover room failed");
-            }
-        }
+            .collect()
     }
 
     /// The account deletion due when the case of `key` ends, if its
     /// visitor came through the web chat.
-    fn retire(&self, key: &str) -> Option<Retire> {
+    fn retire(&self, key: &str) -> Option<Box<Retire>> {
         let web = self.web.as_ref()?;
         let user = self.visitors.get(key)?;
         web.owns(user, &self.counsellors, self.client.user_id())
-            .then(|| Retire { admin: web.admin.clone(), user: user.clone() })
+            .then(|| Box::new(Retire { admin: web.admin.clone(), user: user.clone() }))
     }
 
     /// Deletes web chat accounts that have no open chat and are older than
@@ -339,7 +357,7 @@ impl Worker {
                         match web.admin.deactivate(&a.user).await {
                             Ok(()) => deleted += 1,
                             Err(e) => {
-                                warn!(error = %scrub_err(&format!("{e:#}")), "deleting an idle web chat account failed")
+                                warn!(error = %scrub_err(&format!("{e:#}")), "deleting an idle web chat account failed");
                             }
                         }
                     }
@@ -357,6 +375,8 @@ impl Worker {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         self.learn_visitors().await;
+        // Before closing cases hand their rooms to their senders.
+        let leftovers = self.leftover_rooms();
         let (fixed, save) = self.desk.reconcile(now());
         if fixed.dropped + fixed.requeued > 0 {
             warn!(
@@ -369,13 +389,15 @@ impl Worker {
         let closing = self.desk.finish_closing(now());
         self.execute(closing).await;
         self.commit().await;
+        self.check_fatal()?;
         self.backfill().await;
         self.resume_members().await;
-        self.leave_leftover_rooms().await;
+        leave_leftover_rooms(leftovers).await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
         self.dispatch(Event::Tick).await;
         self.commit().await;
+        self.check_fatal()?;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.tick().await;
         let mut beat = tokio::time::interval(Duration::from_secs(crate::metrics::WORKER_BEAT_SECS));
@@ -409,6 +431,7 @@ impl Worker {
                 _ = beat.tick() => {}
             }
             self.commit().await;
+            self.check_fatal()?;
         }
         self.commit().await;
         self.store.flush().await?;
@@ -572,6 +595,11 @@ impl Worker {
     #[instrument(skip_all)]
     async fn execute(&mut self, actions: Vec<Action>) {
         for a in actions {
+            if self.fatal.is_some() {
+                // After a failed write, no later write (a deletion above
+                // all) and nothing visible: the restart takes over.
+                break;
+            }
             match a {
                 Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
                 Action::Warn { key, text } => self.pending.push((Target::Case(key), Job::Warn(text))),
@@ -598,6 +626,7 @@ impl Worker {
                     if let Some(c) = self.desk.cases.get(&key) {
                         if let Err(e) = self.store.save_case(&key, c) {
                             error!(case = %c.id, error = %e, "saving the case failed");
+                            self.fatal.get_or_insert_with(|| format!("saving a case failed: {e:#}"));
                         }
                         self.dirty = true;
                     }
@@ -605,6 +634,7 @@ impl Worker {
                 Action::SaveRouter => {
                     if let Err(e) = self.store.save_router(&self.desk.router) {
                         error!(error = %e, "saving routing state failed");
+                        self.fatal.get_or_insert_with(|| format!("saving the routing state failed: {e:#}"));
                     }
                     self.dirty = true;
                 }
@@ -631,11 +661,27 @@ impl Worker {
     /// Makes the store durable (once for a whole batch of events), then
     /// hands the held visible jobs to each room's ordered sender.
     async fn commit(&mut self) {
+        // What was written is consistent (closing marks come before
+        // records): flushed even after a failed write, for the restart.
         if self.dirty {
-            if let Err(e) = self.store.flush().await {
-                error!(error = %e, "flushing the store failed");
+            let mut tries = 0;
+            while let Err(e) = self.store.flush().await {
+                tries += 1;
+                error!(error = %e, tries, "flushing the store failed");
+                if tries == 3 {
+                    self.fatal = Some(format!("flushing the store failed {tries} times: {e:#}"));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
             }
             self.dirty = false;
+        }
+        if self.fatal.is_some() {
+            // Nothing visible may run ahead of a state that is not durable.
+            let dropped = self.pending.len();
+            self.pending.clear();
+            error!(dropped, "a store write failed: nothing more is sent; stopping for a restart");
+            return;
         }
         self.update_metrics();
         for (target, job) in coalesce(std::mem::take(&mut self.pending)) {
@@ -686,13 +732,31 @@ impl Worker {
         self.desk.case_id(key).unwrap_or("ended").to_owned()
     }
 
+    /// Ends the worker with an error once a store write has failed.
+    fn check_fatal(&mut self) -> Result<()> {
+        match self.fatal.take() {
+            Some(why) => Err(anyhow::anyhow!("{why}")),
+            None => Ok(()),
+        }
+    }
+
     /// Writes an outcome record; logs by case id, never the record's id.
-    async fn record(&self, case_id: &str, mut rec: OutcomeRecord) {
+    /// A failure stops the case's goodbye and leaving (see `fatal`): the
+    /// case is stored as closing, so the restart writes the record again.
+    async fn record(&mut self, case_id: &str, mut rec: OutcomeRecord) {
         if rec.record.is_empty() {
             // A case saved before cases carried their record id.
             rec.record = admission::new_record_id();
         }
-        match self.store.record(&rec).await {
+        let written = if fail_point("record-fails") {
+            Err(anyhow::anyhow!("failpoint: the record write fails"))
+        } else {
+            self.store.record(&rec).await
+        };
+        if let Err(e) = &written {
+            self.fatal.get_or_insert_with(|| format!("writing an outcome record failed: {e:#}"));
+        }
+        match written {
             Ok(()) => {
                 info!(case = %case_id, outcome = %rec.outcome, "case ended; outcome recorded");
                 self.metrics.case_ended(&rec.outcome, rec.intake_completed);

@@ -49,7 +49,7 @@ pub(super) enum Job {
     Leave {
         case_id: String,
         purger: Option<Purger>,
-        retire: Option<Retire>,
+        retire: Option<Box<Retire>>,
     },
 }
 
