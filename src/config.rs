@@ -179,14 +179,15 @@ pub struct StaffConfig {
     #[serde(default = "default_wait_alert")]
     pub wait_alert_secs: u64,
     /// The name the bot gives a case room when it offers it, where it may,
-    /// so counsellors see a neutral name rather than the visitor's. `{case}`
-    /// is the case id. Empty leaves room names alone.
+    /// so counsellors see a neutral name rather than the visitor's. The same
+    /// for every case (no id: names are not encrypted). Empty leaves room
+    /// names alone.
     #[serde(default = "default_room_name")]
     pub room_name: String,
 }
 
 fn default_room_name() -> String {
-    "Chat {case}".to_owned()
+    "Chat".to_owned()
 }
 
 fn default_wait_alert() -> u64 {

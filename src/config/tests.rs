@@ -180,3 +180,13 @@ fn web_chat_settings_are_checked() {
         assert!(p.iter().any(|l| l.starts_with(&format!("key `{key}`"))), "{key} not named in {p:?}");
     }
 }
+
+#[test]
+fn room_names_carry_no_case_id() {
+    let c =
+        Config::parse(&MINIMAL.replace("[[intake.questions]]", "room_name = \"Chat {case}\"\n[[intake.questions]]"))
+            .unwrap();
+    let p = c.validate();
+    assert!(p.iter().any(|l| l.starts_with("key `staff.room_name`")), "{p:?}");
+    assert_eq!(Config::parse(MINIMAL).unwrap().staff.room_name, "Chat");
+}

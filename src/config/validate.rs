@@ -83,6 +83,11 @@ impl Config {
     }
 
     fn validate_staff(&self, p: &mut Vec<String>) {
+        if self.staff.room_name.contains("{case}") {
+            p.push(
+                "key `staff.room_name`: `{case}` is not allowed: room names are not encrypted and every homeserver in the room keeps them; the summary inside the room names the case".into(),
+            );
+        }
         let s = &self.staff;
         if !s.room.starts_with('!') || s.room.len() < 2 {
             p.push("key `staff.room`: expected a room id starting with `!`".into());

@@ -608,8 +608,7 @@ impl Worker {
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
                     Ok(uid) => {
                         crash_point("before-invite").await;
-                        let name = (!self.room_name.is_empty())
-                            .then(|| self.room_name.replace("{case}", self.desk.case_id(&key).unwrap_or("")));
+                        let name = (!self.room_name.is_empty()).then(|| self.room_name.clone());
                         self.pending.push((Target::Case(key), Job::Invite(uid, name)));
                     }
                     Err(_) => error!("a configured counsellor id does not parse"),
