@@ -296,6 +296,11 @@ pub struct PrivacyConfig {
     /// has time to show the goodbye and its help numbers.
     #[serde(default = "default_purge_delay")]
     pub purge_delay_secs: u64,
+    /// At a case's end the bot removes (redacts) its messages in the room,
+    /// and the visitor's and counsellor's where it has the power, all but
+    /// its goodbye (privacy rule 7).
+    #[serde(default = "default_true")]
+    pub redact_at_close: bool,
 }
 
 fn default_purge_delay() -> u64 {
@@ -308,6 +313,7 @@ impl Default for PrivacyConfig {
             in_progress_retention_hours: default_retention(),
             purge_admin_token_file: None,
             purge_delay_secs: default_purge_delay(),
+            redact_at_close: true,
         }
     }
 }

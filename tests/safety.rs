@@ -304,3 +304,39 @@ async fn closed_rooms_are_purged_from_the_homeserver_when_configured() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Privacy rule 7, a watched phone: after the close, the visitor's account
+/// read on a new device (as a perpetrator with the phone would, or the
+/// visitor's own client after a sync) finds every message of the case
+/// removed but the bot's goodbye.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_close_the_case_is_removed_from_the_room_but_the_goodbye() {
+    let s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    let room = s.case_with_counsellor(["1", "2", "1", "1", "2", "1"]).await;
+    let c = &s.counsellors[0];
+    c.send(&room, "Here is a number you can call.").await;
+    s.visitor.expect(&room, "a number you can call").await;
+    s.visitor.send(&room, "thank you").await;
+    c.expect(&room, "thank you").await;
+    c.send(&room, "!close advice").await;
+    let bye = s.visitor.expect(&room, "ended this chat").await;
+    assert!(bye.contains("delete it in your app"), "the goodbye says how to delete the chat: {bye}");
+    wait_bot_gone(&s.visitor, &room, &s.bot.user_id).await;
+    let phone = TestClient::log_in(s.visitor.user_id.as_str(), "password").await;
+    let history = common::raw_history(&phone, &room, None).await;
+    let messages: Vec<&serde_json::Value> =
+        history.iter().filter(|e| matches!(e["type"].as_str(), Some("m.room.message" | "m.room.encrypted"))).collect();
+    let kept: Vec<&&serde_json::Value> =
+        messages.iter().filter(|e| e["content"].as_object().is_some_and(|c| !c.is_empty())).collect();
+    let by = |who: &str| messages.iter().filter(|e| e["sender"] == who).count();
+    assert!(by(&s.bot.user_id) >= 8, "the bot's messages are in the history (redacted or not): {}", by(&s.bot.user_id));
+    assert!(by(s.visitor.user_id.as_str()) >= 7 && by(c.user_id.as_str()) >= 2);
+    assert_eq!(kept.len(), 1, "only the goodbye keeps its content: {kept:#?}");
+    assert_eq!(kept[0]["sender"], s.bot.user_id.as_str());
+    // The rest were removed by the bot, the visitor's and counsellor's too.
+    let removed_by_bot =
+        messages.iter().filter(|e| e["unsigned"]["redacted_because"]["sender"] == s.bot.user_id.as_str()).count();
+    assert_eq!(removed_by_bot, messages.len() - 1);
+    assert!(s.bot.log_text().contains("the case's messages removed from the room"));
+}

@@ -99,9 +99,11 @@ fn builtin_en(k: TextKey) -> &'static str {
         Emergency => {
             "If you are in danger right now, call {emergency_number}. It is free and they answer day and night. I am telling the counsellors that this is urgent."
         }
-        Stopped => "The chat has ended. You can come back any time. In danger? Call {emergency_number}.",
+        Stopped => {
+            "The chat has ended. You can come back any time. In danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
+        }
         Goodbye => {
-            "The counsellor has ended this chat. Take care. You can start a new chat any time. In danger? Call {emergency_number}."
+            "The counsellor has ended this chat. Take care. You can start a new chat any time. In danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
         }
         NonText => "I can only read text. Please type your answer.",
         Undecryptable => "I could not read your last message. Could you send it again?",
@@ -168,9 +170,11 @@ fn builtin_nl(k: TextKey) -> &'static str {
         Emergency => {
             "Ben je nu in gevaar? Bel {emergency_number}. Dat is gratis en ze nemen dag en nacht op. Ik laat de hulpverleners weten dat het dringend is."
         }
-        Stopped => "De chat is beëindigd. Je kunt altijd terugkomen. In gevaar? Bel {emergency_number}.",
+        Stopped => {
+            "De chat is beëindigd. Je kunt altijd terugkomen. In gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
+        }
         Goodbye => {
-            "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen. In gevaar? Bel {emergency_number}."
+            "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen. In gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
         }
         NonText => "Ik kan alleen tekst lezen. Typ je antwoord.",
         Undecryptable => "Ik kon je laatste bericht niet lezen. Wil je het nog een keer sturen?",

@@ -246,7 +246,7 @@ impl Worker {
                 let guard = Some(self.counsellors.clone());
                 let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);
                 let _ = q.send(Job::Say(text));
-                let _ = q.send(Job::Leave { case_id, purger: None, retire: None });
+                let _ = q.send(Job::Leave { case_id, purger: None, retire: None, redact: false });
             }
             Verdict::Refused(why) => {
                 info!(reason = why.label(), "room refused; no case");

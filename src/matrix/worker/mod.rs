@@ -185,6 +185,8 @@ pub struct Worker {
     gate: Arc<SendGate>,
     /// The web chat's accounts, when `[web]` is set.
     web: Option<WebAccounts>,
+    /// `privacy.redact_at_close`.
+    redact_at_close: bool,
     /// Whether an idle-account sweep is running.
     idle_sweep: Arc<std::sync::atomic::AtomicBool>,
     /// A store write that failed: nothing visible goes out after it, and
@@ -261,6 +263,7 @@ impl Worker {
             joins,
             gate,
             web,
+            redact_at_close: config.privacy.redact_at_close,
             idle_sweep: Arc::default(),
             fatal: None,
         })
@@ -619,7 +622,9 @@ impl Worker {
                 },
                 Action::Leave { key, case_id } => {
                     let retire = self.retire(&key);
-                    self.pending.push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone(), retire }));
+                    let redact = self.redact_at_close;
+                    self.pending
+                        .push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone(), retire, redact }));
                 }
                 Action::SaveCase { key } => {
                     if let Some(c) = self.desk.cases.get(&key) {

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use matrix_sdk::ruma::OwnedUserId;
+use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::{EventId, OwnedEventId, OwnedUserId, UInt};
 use matrix_sdk::{Room, RoomMemberships};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -50,6 +51,8 @@ pub(super) enum Job {
         case_id: String,
         purger: Option<Purger>,
         retire: Option<Box<Retire>>,
+        /// Remove the case's messages first (`privacy.redact_at_close`).
+        redact: bool,
     },
 }
 
@@ -165,6 +168,8 @@ pub(super) fn spawn_sender(
         // A job taken from the queue that could not be merged into the
         // message before it: it is next.
         let mut next: Option<Job> = None;
+        // The last message this room was sent: the goodbye, at the end.
+        let mut last_sent: Option<OwnedEventId> = None;
         loop {
             let job = match next.take() {
                 Some(job) => job,
@@ -192,12 +197,12 @@ pub(super) fn spawn_sender(
                         continue;
                     }
                     if let Some(content) = job.content() {
-                        send(&room, &case, content).await;
+                        last_sent = send(&room, &case, content).await.or(last_sent);
                     }
                 }
                 Job::Warn(_) => {
                     if let Some(content) = job.content() {
-                        send(&room, &case, content).await;
+                        last_sent = send(&room, &case, content).await.or(last_sent);
                     }
                 }
                 Job::Invite(uid, name) => {
@@ -222,8 +227,11 @@ pub(super) fn spawn_sender(
                         warn!(case = %case, error = %scrub_err(&e), "could not withdraw the invite (no power?); it lapses");
                     }
                 },
-                Job::Leave { case_id, purger, retire } => {
+                Job::Leave { case_id, purger, retire, redact } => {
                     let room_id = room.room_id().to_owned();
+                    if redact {
+                        redact_case(&room, &case_id, last_sent.as_deref()).await;
+                    }
                     if let Err(e) = room.leave().await {
                         warn!(case = %case_id, error = %scrub_err(&e), "leaving a finished case's room failed");
                     } else if let Err(e) = room.forget().await {
@@ -269,19 +277,100 @@ async fn hold(gate: &SendGate, case: &str) {
 
 /// Sends one message; its time is logged at trace (debug when slow), so
 /// an operator can tell the bot's delays from the homeserver's.
-async fn send(room: &Room, case: &str, content: RoomMessageEventContent) {
+/// Sends one message; returns its event id once sent.
+async fn send(room: &Room, case: &str, content: RoomMessageEventContent) -> Option<OwnedEventId> {
     let t = std::time::Instant::now();
     match room.send(content).await {
-        Ok(_) => {
+        Ok(r) => {
             let ms = t.elapsed().as_millis() as u64;
             if ms >= 1000 {
                 debug!(case = %case, ms, "slow send (encryption keys or homeserver)");
             } else {
                 tracing::trace!(case = %case, ms, "sent");
             }
+            Some(r.response.event_id)
         }
-        Err(e) => error!(case = %case, error = %scrub_err(&e), "sending a message failed"),
+        Err(e) => {
+            error!(case = %case, error = %scrub_err(&e), "sending a message failed");
+            None
+        }
     }
+}
+
+/// Most events of a case room looked at for removal at its end.
+const REDACT_SCAN_LIMIT: usize = 600;
+
+/// Before leaving a finished case's room (privacy rule 7): removes what it
+/// can of the case, newest first, back to the bot's own join: its own
+/// messages (questions, summary, notices) and, where its power level lets
+/// it (it does in Element's DMs), the visitor's and the counsellor's. The
+/// goodbye (`keep`) stays for the visitor to read; the purge, where
+/// configured, takes it later. Logs counts only.
+async fn redact_case(room: &Room, case: &str, keep: Option<&EventId>) {
+    let me = room.own_user_id().to_owned();
+    let mut from: Option<String> = None;
+    let (mut removed, mut seen, mut others_allowed) = (0usize, 0usize, true);
+    'pages: loop {
+        let mut opts = MessagesOptions::backward();
+        opts.limit = UInt::from(100u32);
+        opts.from = from.take();
+        let page = match room.messages(opts).await {
+            Ok(p) => p,
+            Err(e) => {
+                warn!(case = %case, error = %scrub_err(&e), "reading the room to remove the case failed");
+                break;
+            }
+        };
+        for ev in &page.chunk {
+            seen += 1;
+            let raw = ev.raw();
+            let ty = raw.get_field::<String>("type").ok().flatten().unwrap_or_default();
+            let sender = raw.get_field::<OwnedUserId>("sender").ok().flatten();
+            if raw.get_field::<String>("state_key").ok().flatten().is_some() {
+                let own_join = ty == "m.room.member"
+                    && sender.as_ref() == Some(&me)
+                    && raw
+                        .get_field::<serde_json::Value>("content")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|c| c["membership"] == "join");
+                if own_join {
+                    break 'pages;
+                }
+                continue;
+            }
+            if !matches!(ty.as_str(), "m.room.message" | "m.room.encrypted" | "m.reaction" | "m.sticker") {
+                continue;
+            }
+            let Some(event_id) = ev.event_id() else { continue };
+            let content_gone = raw
+                .get_field::<serde_json::Value>("content")
+                .ok()
+                .flatten()
+                .is_none_or(|c| c.as_object().is_none_or(|o| o.is_empty()));
+            if content_gone || Some(event_id.as_ref()) == keep {
+                continue;
+            }
+            let mine = sender.as_ref() == Some(&me);
+            if !mine && !others_allowed {
+                continue;
+            }
+            match room.redact(&event_id, None, None).await {
+                Ok(_) => removed += 1,
+                Err(e) if !mine => {
+                    // No power over others' messages here: keep to our own.
+                    debug!(case = %case, error = %scrub_err(&e), "cannot remove others' messages in this room");
+                    others_allowed = false;
+                }
+                Err(e) => warn!(case = %case, error = %scrub_err(&e), "removing a message of the bot failed"),
+            }
+        }
+        match page.end {
+            Some(end) if seen < REDACT_SCAN_LIMIT && !page.chunk.is_empty() => from = Some(end),
+            _ => break,
+        }
+    }
+    info!(case = %case, removed, others = others_allowed, "the case's messages removed from the room");
 }
 
 /// Gives an unnamed case room a neutral name, where the bot may, so that
@@ -370,7 +459,7 @@ mod tests {
             (case("a"), say("after the invite")),
             (case("a"), Job::Html("summary".into(), "<b>summary</b>".into())),
             (case("a"), say("goodbye")),
-            (case("a"), Job::Leave { case_id: "X".into(), purger: None, retire: None }),
+            (case("a"), Job::Leave { case_id: "X".into(), purger: None, retire: None, redact: false }),
         ]);
         assert_eq!(
             show(&out),
