@@ -241,9 +241,74 @@ impl RoomKeyer {
     }
 }
 
+/// Seals small values the bot must keep but nobody without the store
+/// passphrase may read (XChaCha20-Poly1305 under a key derived from it).
+#[derive(Clone)]
+pub(crate) struct Sealer {
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealer { .. }")
+    }
+}
+
+impl Sealer {
+    /// Derives the sealing key from the store passphrase.
+    pub(crate) fn from_secret(secret: &str) -> Sealer {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(b"intake-bot seal key v1");
+        Sealer { key: mac.finalize().into_bytes().into() }
+    }
+
+    /// A random nonce followed by the ciphertext.
+    pub(crate) fn seal(&self, plain: &[u8]) -> Vec<u8> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        use rand::RngCore;
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new((&self.key).into());
+        let mut nonce = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        // Encrypting a byte slice in memory cannot fail.
+        out.extend(cipher.encrypt((&nonce).into(), plain).unwrap_or_default());
+        out
+    }
+
+    /// The plaintext, or `None` if `sealed` was not sealed with this key or
+    /// was altered.
+    pub(crate) fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        use chacha20poly1305::aead::{Aead, KeyInit};
+        if sealed.len() < 24 {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(24);
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new((&self.key).into());
+        cipher.decrypt(chacha20poly1305::XNonce::from_slice(nonce), body).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_the_same_passphrase_and_unaltered() {
+        let s = Sealer::from_secret("passphrase one");
+        let sealed = s.seal(b"!room:example.org");
+        assert!(!contains(&sealed, b"room"), "sealed text shows the plaintext");
+        assert_eq!(s.open(&sealed).as_deref(), Some(&b"!room:example.org"[..]));
+        assert_ne!(s.seal(b"x"), s.seal(b"x"), "a fresh nonce each time");
+        assert_eq!(Sealer::from_secret("passphrase two").open(&sealed), None);
+        let mut bent = sealed;
+        *bent.last_mut().unwrap() ^= 1;
+        assert_eq!(s.open(&bent), None);
+        assert_eq!(s.open(b"short"), None);
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
 
     /// Opens again after a drop. sled's flusher thread may still hold its
     /// file lock for a moment after the handle is dropped (seen under a

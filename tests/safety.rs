@@ -282,14 +282,30 @@ async fn closed_rooms_are_purged_from_the_homeserver_when_configured() {
     let token = hs.admin_token().await;
     let token_file = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let extra = format!("[privacy]\npurge_admin_token_file = \"{}\"\npurge_delay_secs = 2\n", token_file.display());
-    let s = Scene::new(1, &["en"], 120, &extra).await;
+    // Long enough for a restart to fall inside the grace delay.
+    let extra = format!("[privacy]\npurge_admin_token_file = \"{}\"\npurge_delay_secs = 12\n", token_file.display());
+    let mut s = Scene::new(1, &["en"], 120, &extra).await;
     s.staff(0, "!available", "You are available").await;
     let v = &s.visitor;
     let room = s.case_with_counsellor(["1", "1", "1", "1", "1", "1"]).await;
     let c = &s.counsellors[0];
     c.send(&room, "!close advice").await;
     v.expect(&room, "ended this chat").await;
+    // A restart within the grace delay: the queued purge survives it.
+    let t0 = Instant::now();
+    while !s.bot.log_text().contains("room purge scheduled") {
+        assert!(t0.elapsed() < TIMEOUT, "no purge scheduled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (st, _) = s.bot.stop();
+    assert!(st.success());
+    // The queue on disk is sealed: the room id is nowhere in clear.
+    for (path, bytes) in all_files(&s.bot.data_dir()) {
+        assert!(!contains_bytes(&bytes, room.as_str().as_bytes()), "room id in {}", path.display());
+    }
+    s.bot.start();
+    s.counsellors[0].expect(&s.staff_room, "intake-bot is online").await;
+    assert!(s.bot.log_text().contains("room purges pending from before the restart rooms=1"));
     // The room disappears from the homeserver.
     let http = reqwest::Client::new();
     let url = format!("{}/_synapse/admin/v1/rooms/{}", hs.url, room.as_str().replace('!', "%21").replace(':', "%3A"));

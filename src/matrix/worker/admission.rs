@@ -39,6 +39,7 @@ use super::outbox::{Job, spawn_sender};
 use crate::config::LimitsConfig;
 use crate::desk::Event;
 use crate::intake::text::TextKey;
+use crate::matrix::purge::Purger;
 use crate::matrix::{JoinWatch, scrub_err};
 
 /// How long a new room's first message waits for the sync that brings the
@@ -143,6 +144,9 @@ struct Admission {
     notice: Option<(Cap, String)>,
     /// The one notice of a room that turned out to be a group.
     group_notice: String,
+    /// Purges a refused room the bot joined (it holds the bot's notice);
+    /// rooms declined unseen hold nothing of the bot.
+    purger: Option<Purger>,
 }
 
 impl Worker {
@@ -192,6 +196,7 @@ impl Worker {
             joins: self.joins.clone(),
             notice,
             group_notice: self.desk.settings.say(&lang, TextKey::GroupRoom, &[]),
+            purger: self.purger.clone(),
         };
         tokio::spawn(async move {
             let verdict = match (refusal, permits.acquire_owned().await) {
@@ -246,7 +251,12 @@ impl Worker {
                 let guard = Some(self.counsellors.clone());
                 let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);
                 let _ = q.send(Job::Say(text));
-                let _ = q.send(Job::Leave { case_id, purger: None, retire: None, redact: false });
+                let _ = q.send(Job::Leave {
+                    case_id,
+                    purger: self.purger.clone().map(Box::new),
+                    retire: None,
+                    redact: false,
+                });
             }
             Verdict::Refused(why) => {
                 info!(reason = why.label(), "room refused; no case");
@@ -342,16 +352,16 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
             .collect(),
         Err(e) => {
             warn!(error = %scrub_err(e), "could not read a new room's members; leaving it");
-            leave(room).await;
+            leave(room, a).await;
             return Verdict::Failed;
         }
     };
     if is_open(room.join_rule().as_ref()) {
-        leave(room).await;
+        leave(room, a).await;
         return Verdict::Refused(Refusal::Open);
     }
     if room.history_visibility() == Some(HistoryVisibility::WorldReadable) {
-        leave(room).await;
+        leave(room, a).await;
         return Verdict::Refused(Refusal::WorldReadable);
     }
     if !strangers.is_empty() {
@@ -361,7 +371,7 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
         if joined_only && !strangers.iter().any(|joined| *joined) && encrypted(room, synced).await {
             let _ = room.send(RoomMessageEventContent::notice_plain(a.group_notice.clone())).await;
         }
-        leave(room).await;
+        leave(room, a).await;
         return Verdict::Refused(Refusal::Group);
     }
     // Room keys for joined members only from now on; the first messages
@@ -370,7 +380,7 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
     only_joined_get_keys(room, false).await;
     if let Some((cap, text)) = &a.notice {
         let _ = room.send(RoomMessageEventContent::notice_plain(text.clone())).await;
-        leave(room).await;
+        leave(room, a).await;
         return Verdict::Refused(Refusal::Cap(*cap));
     }
     if encrypted(room, synced).await || !a.require_encryption {
@@ -480,9 +490,14 @@ async fn decline(room: &Room) {
     }
 }
 
-async fn leave(room: &Room) {
+/// Leaves a refused room the bot had joined, and queues its purge where
+/// configured.
+async fn leave(room: &Room, a: &Admission) {
     if room.leave().await.is_ok() {
         let _ = room.forget().await;
+    }
+    if let Some(p) = &a.purger {
+        p.schedule(room.room_id().to_owned(), "refused").await;
     }
 }
 

@@ -217,7 +217,12 @@ impl Worker {
             config.staff.counsellors.iter().filter_map(|c| UserId::parse(c.as_str()).ok()).collect();
         // The purge is opted into by naming its token file (DESIGN.md).
         let purger = match (&config.privacy.purge_admin_token_file, &admin) {
-            (Some(_), Some(a)) => Some(Purger::new(a.clone(), Duration::from_secs(config.privacy.purge_delay_secs))),
+            (Some(_), Some(a)) => Some(Purger::new(
+                a.clone(),
+                Duration::from_secs(config.privacy.purge_delay_secs),
+                client.clone(),
+                crate::store::Sealer::from_secret(&secrets.store_passphrase),
+            )),
             _ => None,
         };
         let web = match (&config.web, &admin, client.user_id()) {
@@ -378,6 +383,9 @@ impl Worker {
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         self.learn_visitors().await;
+        if let Some(p) = &self.purger {
+            p.resume().await;
+        }
         // Before closing cases hand their rooms to their senders.
         let leftovers = self.leftover_rooms();
         let (fixed, save) = self.desk.reconcile(now());
@@ -623,8 +631,10 @@ impl Worker {
                 Action::Leave { key, case_id } => {
                     let retire = self.retire(&key);
                     let redact = self.redact_at_close;
-                    self.pending
-                        .push((Target::Case(key), Job::Leave { case_id, purger: self.purger.clone(), retire, redact }));
+                    self.pending.push((
+                        Target::Case(key),
+                        Job::Leave { case_id, purger: self.purger.clone().map(Box::new), retire, redact },
+                    ));
                 }
                 Action::SaveCase { key } => {
                     if let Some(c) = self.desk.cases.get(&key) {

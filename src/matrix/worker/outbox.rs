@@ -49,7 +49,7 @@ pub(super) enum Job {
     /// delete the visitor's account if the web chat made it.
     Leave {
         case_id: String,
-        purger: Option<Purger>,
+        purger: Option<Box<Purger>>,
         retire: Option<Box<Retire>>,
         /// Remove the case's messages first (`privacy.redact_at_close`).
         redact: bool,
@@ -242,8 +242,8 @@ pub(super) fn spawn_sender(
                         tokio::spawn(async move { r.run(&case_id).await });
                     }
                     if let Some(p) = purger {
-                        // The purge waits out its grace delay on its own.
-                        tokio::spawn(async move { p.purge(room_id, &case_id).await });
+                        // Queued durably; carried out after its grace delay.
+                        p.schedule(room_id, &case_id).await;
                     }
                     break;
                 }
