@@ -15,8 +15,9 @@ import { ClientEvent, createClient, MemoryStore, Preset, RoomEvent, RoomMemberEv
 import { logger } from "matrix-js-sdk/lib/logger.js";
 import { TEXTS, browserLanguage, choicesOf, placeInLine } from "./texts.js";
 
-// The SDK's chatter names rooms and accounts: errors only, even in a console.
-logger.setLevel("error");
+// The SDK's chatter names rooms and accounts: errors only, even in a
+// console; not persisted (loglevel would keep the level in localStorage).
+logger.setLevel("error", false);
 
 let lang = browserLanguage(navigator.languages || [navigator.language]);
 const $ = (id) => document.getElementById(id);
