@@ -28,6 +28,7 @@
 //! - [`logging`]: tracing set up so that no id or message text reaches a
 //!   log line;
 //! - `web`: the web chat's page, settings and sign-up tokens;
+//! - `http`: the small server loop of both listeners;
 //! - `clock`: the one place the wall clock is read.
 #![recursion_limit = "256"]
 
@@ -35,6 +36,7 @@ mod clock;
 pub mod config;
 mod desk;
 mod hours;
+mod http;
 mod intake;
 pub mod logging;
 pub mod matrix;

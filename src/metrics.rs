@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::clock::unix_now as now;
 
@@ -251,57 +251,32 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
 
 /// Serves `/metrics` and `/healthz` until `shutdown` resolves.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
-    use hyper::service::service_fn;
-    use hyper::{Method, Request, Response, StatusCode};
+    use hyper::{Method, Response, StatusCode};
 
     if let Ok(a) = listener.local_addr() {
         info!(address = %a, "metrics listener up: /metrics and /healthz");
     }
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "metrics listener: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let answer = move |method: Method, path: String| {
         let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let metrics = metrics.clone();
-                async move {
-                    let (status, ctype, body) = match (req.method(), req.uri().path()) {
-                        (&Method::GET, "/metrics") => {
-                            (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
-                        }
-                        (&Method::GET, "/healthz") => match metrics.health() {
-                            Ok(()) => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
-                            Err(why) => {
-                                (StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", format!("{why}\n"))
-                            }
-                        },
-                        (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
-                        _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into()),
-                    };
-                    Response::builder().status(status).header("content-type", ctype).body(body)
+        async move {
+            let (status, ctype, body) = match (&method, path.as_str()) {
+                (&Method::GET, "/metrics") => {
+                    (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.render())
                 }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            // A slow client must not hold a connection open for ever.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(io, svc);
-            if let Err(e) = conn.await {
-                debug!(error = %e, "metrics connection ended with an error");
-            }
-        });
-    }
+                (&Method::GET, "/healthz") => match metrics.health() {
+                    Ok(()) => (StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", format!("{why}\n")),
+                },
+                (&Method::GET, _) => (StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
+                _ => (StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "GET only\n".into()),
+            };
+            let mut r = Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+            *r.status_mut() = status;
+            r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static(ctype));
+            r
+        }
+    };
+    crate::http::serve(listener, "metrics", answer, shutdown).await;
 }
 
 #[cfg(test)]

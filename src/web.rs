@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use tracing::{debug, info, warn};
 
 use crate::config::WebConfig;
@@ -221,44 +221,15 @@ pub async fn bind(listen: &str) -> Result<tokio::net::TcpListener> {
 
 /// Serves the page until `shutdown` resolves.
 pub async fn serve(listener: tokio::net::TcpListener, web: Arc<Web>, shutdown: impl Future<Output = ()>) {
-    use hyper::service::service_fn;
     if let Ok(a) = listener.local_addr() {
         info!(address = %format!("http://{a}/"), "web chat page served");
     }
     web.check_assets();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut shutdown => break,
-            r = listener.accept() => match r {
-                // The peer's address is dropped here: never logged or kept.
-                Ok((s, _)) => s,
-                Err(e) => {
-                    warn!(error = %e, "web listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let answer = move |method: Method, path: String| {
         let web = web.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                let web = web.clone();
-                async move {
-                    let r = web.answer(req.method(), req.uri().path()).await;
-                    Ok::<_, std::convert::Infallible>(r)
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(io, svc);
-            if let Err(e) = conn.await {
-                debug!(error = %e, "web connection ended with an error");
-            }
-        });
-    }
+        async move { web.answer(&method, &path).await }
+    };
+    crate::http::serve(listener, "web", answer, shutdown).await;
 }
 
 #[cfg(test)]
