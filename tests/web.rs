@@ -270,11 +270,8 @@ async fn the_bot_deletes_a_web_account_when_its_chat_ends() {
         v.expect(&room, &format!("({}/6)", i + 1)).await;
         v.send(&room, a).await;
     }
-    let c = &s.counsellors[0];
-    assert_eq!(c.wait_invite().await, room);
-    c.join(&room).await;
-    c.expect(&room, "New chat").await;
-    c.send(&room, "!close advice").await;
+    s.counsellor_takes(&room).await;
+    s.counsellors[0].send(&room, "!close advice").await;
     v.expect(&room, "ended").await;
     let user: OwnedUserId = user.try_into().unwrap();
     let took = deactivated_within(&user, Duration::from_secs(60)).await;

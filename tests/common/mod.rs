@@ -786,11 +786,16 @@ impl Scene {
             v.expect(&room, &format!("({}/6)", i + 1)).await;
             v.send(&room, a).await;
         }
+        self.counsellor_takes(&room).await;
+        room
+    }
+
+    /// Counsellor 0 gets the invite to `room`, joins and reads the summary.
+    pub async fn counsellor_takes(&self, room: &RoomId) {
         let c = &self.counsellors[0];
         assert_eq!(c.wait_invite().await, room);
-        c.join(&room).await;
-        c.expect(&room, "New chat").await;
-        room
+        c.join(room).await;
+        c.expect(room, "New chat").await;
     }
 
     /// Counsellor `i` types in the staff room and waits for the bot's answer.
