@@ -66,7 +66,7 @@ prompt = { en = "Tell us what happened, in a few words." }
     // The counsellor does get the visitor's own words, inside the room.
     assert!(summary.contains(&free_text) && summary.contains(&waiting_text), "{summary}");
     c.send(&room, "!close advice").await;
-    v.expect(&room, "ended this chat").await;
+    let goodbye = v.expect(&room, "ended this chat").await;
     let (st, _) = s.bot.stop();
     assert!(st.success());
 
@@ -107,10 +107,13 @@ prompt = { en = "Tell us what happened, in a few words." }
     assert_eq!(record_id.len(), 24);
     assert_ne!(record_id, case_id);
     assert!(!log.contains(record_id), "the record id is in the log");
-    let said = bot_messages(c, &room, &s.bot.user_id).await;
-    assert!(said.iter().any(|m| m.decrypted), "the counsellor reads the bot's last messages");
-    assert!(said.iter().all(|m| !m.body.contains(record_id)), "the record id was said in the room");
+    // Where a record id could leak: the summary, the staff room's notices,
+    // the goodbye (the case room's other messages are removed at close).
     assert!(!summary.contains(record_id), "the record id is in the summary");
+    let staff_notices = bot_messages(c, &s.staff_room, &s.bot.user_id).await;
+    assert!(staff_notices.iter().any(|m| m.decrypted), "the counsellor reads the staff room");
+    assert!(staff_notices.iter().all(|m| !m.body.contains(record_id)), "the record id in the staff room");
+    assert!(!goodbye.contains(record_id), "the record id in the goodbye");
     assert!(log.contains("DEBUG") || log.contains("TRACE") || log.contains("INFO"));
     for (what, value) in &canaries {
         for (path, bytes) in &files {
@@ -162,10 +165,17 @@ async fn an_emergency_word_gets_help_at_once_and_tells_staff() {
     let bye = v.expect(&room, "chat has ended").await;
     assert!(bye.contains("112"));
     wait_bot_gone(v, &room, &s.bot.user_id).await;
-    // Every message the bot sent here was encrypted.
-    let sent = bot_messages(v, &room, &s.bot.user_id).await;
+    // Every message the bot sent here was encrypted (as the homeserver
+    // holds them; those removed at the close keep their type).
+    let history = common::raw_history(v, &room, None).await;
+    let sent: Vec<&str> = history
+        .iter()
+        .filter(|e| e["sender"] == s.bot.user_id.as_str())
+        .filter_map(|e| e["type"].as_str())
+        .filter(|t| matches!(*t, "m.room.message" | "m.room.encrypted"))
+        .collect();
     assert!(sent.len() >= 5, "{sent:?}");
-    assert!(sent.iter().all(|m| m.encrypted), "{sent:?}");
+    assert!(sent.iter().all(|t| *t == "m.room.encrypted"), "{sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

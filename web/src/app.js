@@ -258,9 +258,14 @@ function listen(client) {
 async function showEvent(client, ev) {
   await client.decryptEventIfNeeded(ev);
   if (ev.getType() !== "m.room.message" || ev.getSender() === chat.userId) return;
-  const body = ev.getContent()?.body;
+  const content = ev.getContent() || {};
+  const body = content.body;
   if (typeof body !== "string") return;
   const fromBot = ev.getSender() === chat.settings.bot;
+  // The bot's only formatted message in a chat is the counsellor's intake
+  // summary (in the staff language, with staff commands): not for the
+  // visitor's screen.
+  if (fromBot && content.format === "org.matrix.custom.html") return;
   addLine(fromBot ? "assistant" : "counsellor", body);
   if (fromBot) {
     showChoices(body);

@@ -121,6 +121,8 @@ try {
     await waitPhase("counsellor", 180_000);
     await logHas(COUNSELLOR_LINE, 120_000);
     if (SHOTS) await page.screenshot({ path: `${SHOTS}/web-${LANG}-counsellor.png` });
+    // The counsellor's summary (staff commands and all) is not shown.
+    if ((await page.locator("#log").textContent()).includes("!close")) fail("the staff summary is on the page");
     step("counsellor-read");
   }
 
@@ -144,8 +146,9 @@ try {
 
   if (SCENARIO === "quick-exit") {
     await page.keyboard.press("Escape");
-    await page.keyboard.press("Escape");
+    // From the second press on, the exit page may be asked for.
     exited = true;
+    await page.keyboard.press("Escape");
     await page.waitForURL(`${origin(EXIT_URL)}/**`, { timeout: 10_000 });
     step("exited");
     // Back does not bring the chat back.
