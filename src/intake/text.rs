@@ -80,9 +80,9 @@ fn builtin_en(k: TextKey) -> &'static str {
     use TextKey::*;
     match k {
         Greeting => {
-            "Hi. You are chatting with the helpline. This chat is anonymous: we will not ask your name, and we do not keep what you write. First a few short questions, then a counsellor will talk with you.\nIn danger right now? Call {emergency_number}.\nYou can type stop at any moment to end the chat."
+            "Hi.\nYou are chatting with the helpline. This chat is anonymous: we will not ask your name, and we do not keep what you write. First a few short questions, then a counsellor will talk with you.\nIn danger right now? Call {emergency_number}.\nYou can type stop at any moment to end the chat."
         }
-        ChooseLanguage => "Which language do you want to use? In danger right now? Call {emergency_number}.",
+        ChooseLanguage => "Which language do you want to use?\nIn danger right now? Call {emergency_number}.",
         HintChoice => "Type the number of your answer, or skip.",
         HintText => "Type your answer, or skip.",
         Reask => "Sorry, I did not understand that. Please type one of the numbers, or skip.",
@@ -92,27 +92,27 @@ fn builtin_en(k: TextKey) -> &'static str {
         }
         QueueEstimate => "It will probably take about {minutes} minutes.",
         ClosedHours => {
-            "The chat is closed right now. It opens again {opens}. Your answers are kept until then, and a counsellor will come to this chat. In danger right now? Call {emergency_number}."
+            "The chat is closed right now. It opens again {opens}. Your answers are kept until then, and a counsellor will come to this chat.\nIn danger right now? Call {emergency_number}."
         }
         WaitingNote => "A counsellor will read what you write here when they join.",
         CounsellorJoined => "A counsellor is here now. You can talk with them in this chat.",
         Emergency => {
-            "If you are in danger right now, call {emergency_number}. It is free and they answer day and night. I am telling the counsellors that this is urgent."
+            "Thank you for telling me.\nIf you are in danger right now, call {emergency_number}. It is free and they answer day and night. I am telling the counsellors that this is urgent."
         }
         Stopped => {
-            "The chat has ended. You can come back any time. In danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
+            "The chat has ended. You can come back any time.\nIn danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
         }
         Goodbye => {
-            "The counsellor has ended this chat. Take care. You can start a new chat any time. In danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
+            "The counsellor has ended this chat. Take care. You can start a new chat any time.\nIn danger? Call {emergency_number}.\nTo remove this chat from your phone: leave it, then delete it in your app."
         }
         NonText => "I can only read text. Please type your answer.",
         Undecryptable => "I could not read your last message. Could you send it again?",
         NoEncryption => {
-            "This chat is not encrypted, so I will not ask you anything here. Please start a new chat and turn on encryption, then invite me again. In danger right now? Call {emergency_number}."
+            "This chat is not encrypted, so I will not ask you anything here. Please start a new chat and turn on encryption, then invite me again.\nIn danger right now? Call {emergency_number}."
         }
         GroupRoom => "This chat only works one-to-one. Please start a new chat with just me.",
         Busy => {
-            "It is very busy right now. Please try again a little later. In danger right now? Call {emergency_number}."
+            "It is very busy right now. Please try again a little later.\nIn danger right now? Call {emergency_number}."
         }
         BusyOneChat => "You already have a chat open with me. Please go on in that chat.",
         IntruderCounsellor => {
@@ -153,9 +153,9 @@ fn builtin_nl(k: TextKey) -> &'static str {
     use TextKey::*;
     match k {
         Greeting => {
-            "Hoi. Je chat met de hulplijn. Deze chat is anoniem: we vragen niet naar je naam en we bewaren niet wat je schrijft. Eerst een paar korte vragen, daarna praat een hulpverlener met je.\nNu in gevaar? Bel {emergency_number}.\nJe kunt altijd stop typen om de chat te beëindigen."
+            "Hoi.\nJe chat met de hulplijn. Deze chat is anoniem: we vragen niet naar je naam en we bewaren niet wat je schrijft. Eerst een paar korte vragen, daarna praat een hulpverlener met je.\nNu in gevaar? Bel {emergency_number}.\nJe kunt altijd stop typen om de chat te beëindigen."
         }
-        ChooseLanguage => "Welke taal wil je gebruiken? Nu in gevaar? Bel {emergency_number}.",
+        ChooseLanguage => "Welke taal wil je gebruiken?\nNu in gevaar? Bel {emergency_number}.",
         HintChoice => "Typ het nummer van je antwoord, of overslaan.",
         HintText => "Typ je antwoord, of overslaan.",
         Reask => "Sorry, dat begreep ik niet. Typ een van de nummers, of overslaan.",
@@ -163,26 +163,26 @@ fn builtin_nl(k: TextKey) -> &'static str {
         QueuePosition => "Alle hulpverleners zijn nu bezet. Je bent nummer {position} in de rij. Blijf in deze chat.",
         QueueEstimate => "Het duurt waarschijnlijk ongeveer {minutes} minuten.",
         ClosedHours => {
-            "De chat is nu gesloten. Hij gaat weer open {opens}. Je antwoorden blijven tot dan bewaard, en een hulpverlener komt naar deze chat. Nu in gevaar? Bel {emergency_number}."
+            "De chat is nu gesloten. Hij gaat weer open {opens}. Je antwoorden blijven tot dan bewaard, en een hulpverlener komt naar deze chat.\nNu in gevaar? Bel {emergency_number}."
         }
         WaitingNote => "Een hulpverlener leest wat je hier schrijft als die erbij komt.",
         CounsellorJoined => "Er is nu een hulpverlener. Je kunt in deze chat met hem of haar praten.",
         Emergency => {
-            "Ben je nu in gevaar? Bel {emergency_number}. Dat is gratis en ze nemen dag en nacht op. Ik laat de hulpverleners weten dat het dringend is."
+            "Dank je dat je het zegt.\nBen je nu in gevaar? Bel {emergency_number}. Dat is gratis en ze nemen dag en nacht op. Ik laat de hulpverleners weten dat het dringend is."
         }
         Stopped => {
-            "De chat is beëindigd. Je kunt altijd terugkomen. In gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
+            "De chat is beëindigd. Je kunt altijd terugkomen.\nIn gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
         }
         Goodbye => {
-            "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen. In gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
+            "De hulpverlener heeft deze chat beëindigd. Pas goed op jezelf. Je kunt altijd een nieuwe chat beginnen.\nIn gevaar? Bel {emergency_number}.\nDeze chat van je telefoon halen: verlaat hem en verwijder hem in je app."
         }
         NonText => "Ik kan alleen tekst lezen. Typ je antwoord.",
         Undecryptable => "Ik kon je laatste bericht niet lezen. Wil je het nog een keer sturen?",
         NoEncryption => {
-            "Deze chat is niet versleuteld, dus ik vraag je hier niets. Begin een nieuwe chat met versleuteling aan en nodig mij opnieuw uit. Nu in gevaar? Bel {emergency_number}."
+            "Deze chat is niet versleuteld, dus ik vraag je hier niets. Begin een nieuwe chat met versleuteling aan en nodig mij opnieuw uit.\nNu in gevaar? Bel {emergency_number}."
         }
         GroupRoom => "Deze chat werkt alleen met z'n tweeën. Begin een nieuwe chat met alleen mij.",
-        Busy => "Het is nu erg druk. Probeer het over een tijdje opnieuw. Nu in gevaar? Bel {emergency_number}.",
+        Busy => "Het is nu erg druk. Probeer het over een tijdje opnieuw.\nNu in gevaar? Bel {emergency_number}.",
         BusyOneChat => "Je hebt al een chat met mij open. Ga verder in die chat.",
         IntruderCounsellor => {
             "Deze chat is niet meer één-op-één, dus de bot heeft hem beëindigd en stuurt hier niets meer. Verlaat deze kamer."
@@ -412,6 +412,62 @@ mod tests {
                 TextKey::ClosedHours,
             ] {
                 assert!(t.get(lang, k).contains("{emergency_number}"), "{lang} {k:?}");
+            }
+        }
+    }
+
+    /// Privacy rule 7: a phone on the table shows the first line of a
+    /// message. No first line the visitor gets names what the chat is about
+    /// or an emergency.
+    #[test]
+    fn first_lines_a_visitor_gets_say_nothing_on_a_lock_screen() {
+        use TextKey::*;
+        let visitor_texts = [
+            Greeting,
+            ChooseLanguage,
+            HintChoice,
+            HintText,
+            Reask,
+            Finding,
+            QueuePosition,
+            QueueEstimate,
+            ClosedHours,
+            WaitingNote,
+            CounsellorJoined,
+            Emergency,
+            Stopped,
+            Goodbye,
+            NonText,
+            Undecryptable,
+            NoEncryption,
+            GroupRoom,
+            Busy,
+            BusyOneChat,
+            TooLong,
+            Flood,
+            Transferred,
+        ];
+        let telling = [
+            "helpline",
+            "hulplijn",
+            "danger",
+            "gevaar",
+            "exploit",
+            "uitbuit",
+            "traffick",
+            "mensenhandel",
+            "abuse",
+            "misbruik",
+            "urgent",
+            "dringend",
+            "{emergency_number}",
+        ];
+        for key in visitor_texts {
+            for text in [builtin_en(key), builtin_nl(key)] {
+                let first = text.lines().next().unwrap_or("").to_lowercase();
+                for word in telling {
+                    assert!(!first.contains(word), "{key:?}: first line {first:?} says {word:?}");
+                }
             }
         }
     }
