@@ -131,16 +131,19 @@ async fn visitor_of(s: &Scene, room: &RoomId) -> OwnedUserId {
         .expect("the web visitor among the room's members")
 }
 
+/// The homeserver's admin view of an account.
+async fn admin_user(user: &str, admin: &str) -> serde_json::Value {
+    let hs = Synapse::get();
+    let url = format!("{}/_synapse/admin/v2/users/{}", hs.url, user.replace('@', "%40").replace(':', "%3A"));
+    reqwest::Client::new().get(&url).bearer_auth(admin).send().await.unwrap().json().await.unwrap()
+}
+
 /// Waits until the homeserver says the account is deactivated and erased.
 async fn deactivated_within(user: &OwnedUserId, within: Duration) -> Duration {
-    let hs = Synapse::get();
-    let admin = hs.admin_token().await;
-    let http = reqwest::Client::new();
+    let admin = Synapse::get().admin_token().await;
     let t0 = Instant::now();
     loop {
-        let url =
-            format!("{}/_synapse/admin/v2/users/{}", hs.url, user.as_str().replace(':', "%3A").replace('@', "%40"));
-        let v: serde_json::Value = http.get(&url).bearer_auth(&admin).send().await.unwrap().json().await.unwrap();
+        let v = admin_user(user.as_str(), &admin).await;
         if v["deactivated"] == true {
             assert_eq!(v["erased"], true, "deactivated without erase: {v}");
             return t0.elapsed();
@@ -278,19 +281,7 @@ async fn the_bot_deletes_a_web_account_when_its_chat_ends() {
     eprintln!("deactivated {took:?} after the goodbye");
     // A counsellor, also on the bot's server, is never touched.
     let counsellor = &s.counsellors[0].user_id;
-    let v2: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "{}/_synapse/admin/v2/users/{}",
-            hs.url,
-            counsellor.as_str().replace('@', "%40").replace(':', "%3A")
-        ))
-        .bearer_auth(hs.admin_token().await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v2 = admin_user(counsellor.as_str(), &hs.admin_token().await).await;
     assert_eq!(v2["deactivated"], false);
     let recs = records(&mut s);
     assert_eq!(recs.len(), 1);
@@ -314,15 +305,7 @@ async fn idle_web_accounts_are_deleted_and_busy_ones_kept() {
     let took = deactivated_within(&idle, Duration::from_secs(200)).await;
     eprintln!("idle account deleted after {took:?}");
     assert!(took > Duration::from_secs(30), "deleted before it was idle long enough: {took:?}");
-    let busy_state: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/_synapse/admin/v2/users/{}", hs.url, busy.replace('@', "%40").replace(':', "%3A")))
-        .bearer_auth(hs.admin_token().await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let busy_state = admin_user(&busy, &hs.admin_token().await).await;
     assert_eq!(busy_state["deactivated"], false, "an account with an open chat was deleted");
     assert!(s.bot.log_text().contains("idle web chat accounts deleted"));
 }

@@ -280,7 +280,7 @@ impl Worker {
     /// counsellor in the room of a case that has none gets the case as if
     /// they had just joined; a case whose visitor is gone ends.
     async fn resume_members(&mut self) {
-        let mut events = Vec::new();
+        let (mut joins, mut gone) = (Vec::new(), Vec::new());
         for (key, room) in &self.rooms {
             let Some(case) = self.desk.cases.get(key) else { continue };
             if case.closing.is_some() {
@@ -293,23 +293,22 @@ impl Worker {
             if !case.counsellor_joined
                 && let Some(c) = joined_counsellor
             {
-                events.push(Event::CounsellorJoined { key: key.clone(), user: c.to_string() });
+                // Handled as the join itself would have been (keys, then the case).
+                joins.push(Inbound::Member { room: room.clone(), user: c.to_owned(), change: MemberChange::Joined });
             }
             let visitor_here =
                 members.iter().any(|m| m.user_id() != me && !self.counsellors.iter().any(|c| c == m.user_id()));
             if !visitor_here {
-                events.push(Event::VisitorLeft { key: key.clone() });
+                gone.push(Event::VisitorLeft { key: key.clone() });
             }
         }
-        if !events.is_empty() {
-            info!(changes = events.len(), "membership changes not handled before the restart: handled now");
+        if joins.len() + gone.len() > 0 {
+            info!(changes = joins.len() + gone.len(), "membership changes not handled before the restart: handled now");
         }
-        for e in events {
-            if let Event::CounsellorJoined { key, user } = &e
-                && let Ok(uid) = UserId::parse(user.as_str())
-            {
-                self.pending.push((Target::Case(key.clone()), Job::RefreshKeys(uid)));
-            }
+        for m in joins {
+            self.inbound(m).await;
+        }
+        for e in gone {
             self.dispatch(e).await;
         }
         self.commit().await;
