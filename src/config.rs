@@ -301,6 +301,16 @@ pub struct PrivacyConfig {
     /// its goodbye (privacy rule 7).
     #[serde(default = "default_true")]
     pub redact_at_close: bool,
+    /// Minutes after a case's end before the bot replaces its Matrix
+    /// device, at the first moment no chat is open, so that its store
+    /// forgets the case: the visitor's devices, Olm sessions and the room's
+    /// keys (privacy rule 6). The cross-signing identity is kept.
+    #[serde(default = "default_forget_after")]
+    pub forget_after_minutes: u64,
+}
+
+fn default_forget_after() -> u64 {
+    60
 }
 
 fn default_purge_delay() -> u64 {
@@ -314,6 +324,7 @@ impl Default for PrivacyConfig {
             purge_admin_token_file: None,
             purge_delay_secs: default_purge_delay(),
             redact_at_close: true,
+            forget_after_minutes: default_forget_after(),
         }
     }
 }

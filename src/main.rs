@@ -111,9 +111,18 @@ fn main() -> ExitCode {
 fn run(config: Config) -> anyhow::Result<()> {
     let secrets = Secrets::load(&config.matrix, config.privacy.purge_admin_token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-    rt.block_on(async move { intake_bot::matrix::run(config, secrets, shutdown_signal()).await })?;
+    let ran = rt.block_on(async move { intake_bot::matrix::run(config, secrets, shutdown_signal()).await })?;
     // The SDK may hold background tasks; do not wait for them.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if ran == intake_bot::matrix::Ran::Restart {
+        // A new process, the same arguments and environment (secrets from
+        // files are read again): the device was replaced and the old
+        // store's files are closed with the old process.
+        use std::os::unix::process::CommandExt;
+        let exe = std::env::current_exe().context("finding the running executable to restart it")?;
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+        return Err(err).context("restarting after the device change");
+    }
     Ok(())
 }
 

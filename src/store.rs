@@ -3,8 +3,12 @@
 //!
 //! Cases in progress are keyed by a keyed hash of their room id; the hash
 //! key is derived from the store passphrase and never written down, so the
-//! data directory alone cannot link a case to a room. One process at a time
-//! holds the directory, through an OS file lock.
+//! data directory alone cannot link a case to a room. Their values and the
+//! routing state (which hold exact times) are sealed under a key derived
+//! from the same passphrase (privacy rule 6); the outcome records, which
+//! name nobody by design (rule 1), stay readable for `stats` and `export`
+//! without it. One process at a time holds the directory, through an OS
+//! file lock.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions, TryLockError};
@@ -22,6 +26,10 @@ use crate::routing::Router;
 pub(crate) const SCHEMA_VERSION: u32 = 1;
 const VERSION_KEY: &[u8] = b"schema_version";
 const ROUTER_KEY: &[u8] = b"router";
+const FORGET_KEY: &[u8] = b"forget_due";
+/// Marks a sealed value; a value without it was written in the clear by an
+/// older build (JSON, so it starts with `{`) and is sealed on its next write.
+const SEALED: &[u8] = b"S1";
 
 /// Errors a caller branches on.
 #[derive(Debug, thiserror::Error)]
@@ -45,9 +53,17 @@ pub(crate) fn state_dir(data_dir: &Path) -> PathBuf {
 pub(crate) fn matrix_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("matrix")
 }
-/// The persisted Matrix session (device id and access token).
+/// The persisted Matrix session (device id and access token), sealed.
 pub(crate) fn session_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("session.sealed")
+}
+/// Where older builds kept the session in the clear; read once, then removed.
+pub(crate) fn legacy_session_file(data_dir: &Path) -> PathBuf {
     data_dir.join("session.json")
+}
+/// The bot's cross-signing secrets, sealed, while its device is replaced.
+pub(crate) fn identity_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity.sealed")
 }
 
 /// An open store; holds the directory lock for its lifetime.
@@ -56,6 +72,9 @@ pub struct Store {
     cases: sled::Tree,
     outcomes: sled::Tree,
     meta: sled::Tree,
+    /// Seals case and routing values; `None` for `stats` and `export`,
+    /// which read only the outcome records.
+    sealer: Option<Sealer>,
     _lock: File,
 }
 
@@ -127,7 +146,40 @@ impl Store {
                 }
             }
         }
-        Ok(Store { cases: db.open_tree("cases")?, outcomes: db.open_tree("outcomes")?, meta, db, _lock: lock })
+        Ok(Store {
+            cases: db.open_tree("cases")?,
+            outcomes: db.open_tree("outcomes")?,
+            meta,
+            db,
+            sealer: None,
+            _lock: lock,
+        })
+    }
+
+    /// Seals (and opens) case and routing values with `sealer` from now on.
+    pub(crate) fn sealed_with(mut self, sealer: Sealer) -> Store {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    fn seal(&self, plain: &[u8]) -> Result<Vec<u8>> {
+        let sealer = self.sealer.as_ref().context("the store was opened without the passphrase")?;
+        let mut out = SEALED.to_vec();
+        out.extend(sealer.seal(plain));
+        Ok(out)
+    }
+
+    /// The plaintext of a stored value: sealed, or clear from an older build.
+    fn unseal(&self, stored: &[u8]) -> Result<Vec<u8>> {
+        match stored.strip_prefix(SEALED) {
+            Some(sealed) => self
+                .sealer
+                .as_ref()
+                .context("the store was opened without the passphrase")?
+                .open(sealed)
+                .context("a sealed value does not open with this passphrase (or was altered)"),
+            None => Ok(stored.to_vec()),
+        }
     }
 
     /// Every case in progress, by case key. Unreadable entries are reported
@@ -137,11 +189,11 @@ impl Store {
         for item in self.cases.iter() {
             let (k, v) = item.context("reading cases")?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            match serde_json::from_slice::<Case>(&v) {
+            match self.unseal(&v).and_then(|v| serde_json::from_slice::<Case>(&v).map_err(anyhow::Error::from)) {
                 Ok(c) => {
                     out.insert(key, c);
                 }
-                Err(e) => tracing::error!(error = %e, "skipping an unreadable case in progress"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "skipping an unreadable case in progress"),
             }
         }
         Ok(out)
@@ -149,7 +201,7 @@ impl Store {
 
     /// Saves a case in progress under its key (not yet flushed).
     pub(crate) fn save_case(&self, key: &str, case: &Case) -> Result<()> {
-        self.cases.insert(key.as_bytes(), serde_json::to_vec(case)?).context("saving case")?;
+        self.cases.insert(key.as_bytes(), self.seal(&serde_json::to_vec(case)?)?).context("saving case")?;
         Ok(())
     }
 
@@ -163,14 +215,42 @@ impl Store {
     pub(crate) fn load_router(&self) -> Result<Option<Router>> {
         match self.meta.get(ROUTER_KEY)? {
             None => Ok(None),
-            Some(v) => Ok(Some(serde_json::from_slice(&v).context("reading routing state")?)),
+            Some(v) => Ok(Some(serde_json::from_slice(&self.unseal(&v)?).context("reading routing state")?)),
         }
     }
 
     /// Saves the routing state (not yet flushed).
     pub(crate) fn save_router(&self, r: &Router) -> Result<()> {
-        self.meta.insert(ROUTER_KEY, serde_json::to_vec(r)?).context("saving routing state")?;
+        self.meta.insert(ROUTER_KEY, self.seal(&serde_json::to_vec(r)?)?).context("saving routing state")?;
         Ok(())
+    }
+
+    /// When the bot's Matrix device is next due to be replaced (Unix
+    /// seconds), so that what it knew of finished cases goes with it.
+    pub(crate) fn forget_due(&self) -> Result<Option<i64>> {
+        match self.meta.get(FORGET_KEY)? {
+            None => Ok(None),
+            Some(v) => {
+                let plain = self.unseal(&v)?;
+                let at = std::str::from_utf8(&plain).ok().and_then(|s| s.parse().ok());
+                Ok(Some(at.context("reading forget_due")?))
+            }
+        }
+    }
+
+    /// Keeps the earliest of the saved due time and `at` (not yet flushed).
+    pub(crate) fn note_forget_due(&self, at: i64) -> Result<()> {
+        if self.forget_due()?.is_some_and(|due| due <= at) {
+            return Ok(());
+        }
+        self.meta.insert(FORGET_KEY, self.seal(at.to_string().as_bytes())?).context("saving forget_due")?;
+        Ok(())
+    }
+
+    /// Clears the due time once the device has been replaced.
+    pub(crate) async fn clear_forget_due(&self) -> Result<()> {
+        self.meta.remove(FORGET_KEY).context("clearing forget_due")?;
+        self.flush().await
     }
 
     /// Writes an outcome record and flushes it to disk before returning.
@@ -377,6 +457,79 @@ mod tests {
         }
         let e = Store::open(dir.path(), true).err().unwrap();
         assert!(e.to_string().contains("schema version 99"), "{e}");
+    }
+
+    /// Every file under `dir`, read whole.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in walk(dir) {
+            out.extend(std::fs::read(e).unwrap_or_default());
+        }
+        out
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn cases_routing_and_due_time_are_sealed_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Sealer::from_secret("pass");
+        let settings = crate::intake::testing::settings_with(&["en"]);
+        let (case, _) = Case::start(&settings, "CASEID7".into(), 1_764_000_123);
+        let mut router = Router::new(&["@counsellor-planted:hs".to_owned()]);
+        router.enqueue("key1", false, false, 1_764_000_456);
+        {
+            let s = Store::open(dir.path(), true).unwrap().sealed_with(sealer.clone());
+            s.save_case("key1", &case).unwrap();
+            s.save_router(&router).unwrap();
+            s.note_forget_due(1_764_009_999).unwrap();
+            s.note_forget_due(1_764_099_999).unwrap();
+            s.flush().await.unwrap();
+            assert_eq!(s.forget_due().unwrap(), Some(1_764_009_999), "the earliest due time is kept");
+        }
+        let disk = all_bytes(dir.path());
+        for planted in ["CASEID7", "1764000123", "1764000456", "1764009999", "counsellor-planted"] {
+            assert!(!contains(&disk, planted.as_bytes()), "{planted} readable on disk");
+        }
+        // Positive control: the same search finds what is meant to be clear.
+        assert!(contains(&disk, b"schema_version"));
+        let s = reopen(dir.path()).sealed_with(sealer);
+        assert_eq!(s.load_cases().unwrap().get("key1").map(|c| c.id.as_str()), Some("CASEID7"));
+        assert_eq!(s.load_router().unwrap(), Some(router));
+        assert_eq!(s.forget_due().unwrap(), Some(1_764_009_999));
+        s.clear_forget_due().await.unwrap();
+        assert_eq!(s.forget_due().unwrap(), None);
+        drop(s);
+        // Another passphrase opens nothing; without one, cases are refused too.
+        let s = reopen(dir.path()).sealed_with(Sealer::from_secret("other"));
+        assert!(s.load_cases().unwrap().is_empty());
+        assert!(s.load_router().is_err());
+    }
+
+    #[tokio::test]
+    async fn values_of_an_older_build_are_read_and_sealed_on_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::intake::testing::settings_with(&["en"]);
+        let (case, _) = Case::start(&settings, "OLDCASE".into(), 1_764_000_000);
+        {
+            let s = Store::open(dir.path(), true).unwrap();
+            s.cases.insert(b"k", serde_json::to_vec(&case).unwrap()).unwrap();
+            s.meta.insert(ROUTER_KEY, serde_json::to_vec(&Router::default()).unwrap()).unwrap();
+            s.flush().await.unwrap();
+        }
+        let s = reopen(dir.path()).sealed_with(Sealer::from_secret("pass"));
+        let cases = s.load_cases().unwrap();
+        assert_eq!(cases.get("k").map(|c| c.id.as_str()), Some("OLDCASE"));
+        assert!(s.load_router().unwrap().is_some());
+        s.save_case("k", &cases["k"]).unwrap();
+        assert!(s.cases.get(b"k").unwrap().unwrap().starts_with(SEALED));
     }
 
     #[test]

@@ -173,13 +173,24 @@ struct Ctx {
     gate: Arc<gate::SendGate>,
 }
 
+/// How [`run`] ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ran {
+    /// Shutdown was asked for.
+    Stopped,
+    /// The bot's Matrix device was replaced (see `privacy.forget_after_minutes`);
+    /// the caller starts the bot again, as a new process, to log in anew.
+    Restart,
+}
+
 /// Runs the bot until `shutdown` resolves.
-pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output = ()>) -> Result<Ran> {
     info!("starting");
     // SIGTERM is honoured at any point, also while the homeserver is still
     // being reached at start (the SDK retries for up to a minute).
     let mut shutdown = std::pin::pin!(shutdown);
-    let store = Store::open(&config.storage.data_dir, true)?;
+    let store = Store::open(&config.storage.data_dir, true)?
+        .sealed_with(crate::store::Sealer::from_secret(&secrets.store_passphrase));
     debug!("state store open");
     let (client, fresh_login) = tokio::select! {
         r = session::connect(&config, &secrets) => r?,
@@ -273,20 +284,30 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     // restart it.
     tokio::select! {
         () = &mut shutdown => {}
-        r = &mut worker_task => return task_died(&metrics, "worker", r.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| format!("{e:#}")))).await,
-        r = &mut sync_task => return task_died(&metrics, "sync loop", r.map_err(|e| e.to_string())).await,
+        r = &mut worker_task => match r {
+            Ok(Ok(worker::WorkerEnd::ReplaceDevice(store))) => {
+                sync_task.abort();
+                let _ = stop_tx.send(true);
+                drop(ctx);
+                return session::replace_device(client, &config, &secrets, store).await;
+            }
+            Ok(Ok(worker::WorkerEnd::Stopped)) => return task_died(&metrics, "worker", Ok(())).await.map(|()| Ran::Stopped),
+            Ok(Err(e)) => return task_died(&metrics, "worker", Err(format!("{e:#}"))).await.map(|()| Ran::Stopped),
+            Err(e) => return task_died(&metrics, "worker", Err(e.to_string())).await.map(|()| Ran::Stopped),
+        },
+        r = &mut sync_task => return task_died(&metrics, "sync loop", r.map_err(|e| e.to_string())).await.map(|()| Ran::Stopped),
     }
     info!("shutting down: finishing the event in hand");
     sync_task.abort();
     let _ = stop_tx.send(true);
     drop(ctx);
     match tokio::time::timeout(Duration::from_secs(8), worker_task).await {
-        Ok(Ok(Ok(()))) => info!("stopped cleanly"),
+        Ok(Ok(Ok(_))) => info!("stopped cleanly"),
         Ok(Ok(Err(e))) => return Err(e),
         Ok(Err(e)) => anyhow::bail!("worker task failed: {e}"),
         Err(_) => warn!("worker did not finish within 8 s; exiting anyway"),
     }
-    Ok(())
+    Ok(Ran::Stopped)
 }
 
 /// A task the bot cannot do without ended before shutdown: reported on
@@ -303,9 +324,9 @@ async fn task_died(metrics: &crate::metrics::Metrics, task: &str, how: Result<()
     anyhow::bail!("the {task} ended unexpectedly ({how})")
 }
 
-fn stopped_while_starting() -> Result<()> {
+fn stopped_while_starting() -> Result<Ran> {
     info!("stopped while starting; nothing was in hand");
-    Ok(())
+    Ok(Ran::Stopped)
 }
 
 fn sync_settings() -> SyncSettings {

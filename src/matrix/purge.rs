@@ -90,6 +90,12 @@ impl Purger {
         n
     }
 
+    /// How many purges are still queued.
+    pub async fn pending(&self) -> usize {
+        let _guard = self.lock.lock().await;
+        self.load().await.len()
+    }
+
     async fn carry_out(&self, due: Due) {
         let wait = u64::try_from(due.at.saturating_sub(unix_now())).unwrap_or(0);
         tokio::time::sleep(Duration::from_secs(wait)).await;

@@ -14,7 +14,8 @@ use tracing::{debug, info, warn};
 
 use super::scrub_err;
 use crate::config::{Config, MatrixConfig, Secrets};
-use crate::store;
+use crate::store::{self, Sealer};
+use matrix_sdk_crypto::types::SecretsBundle;
 
 /// Builds the client on the encrypted store and logs in or restores the
 /// saved session (same device, so E2EE keeps working).
@@ -38,11 +39,8 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
         .await
         .context("building the Matrix client (wrong store passphrase or a damaged store?)")?;
     debug!("Matrix client built on the encrypted store");
-    if session_path.exists() {
-        let text =
-            std::fs::read_to_string(&session_path).with_context(|| format!("reading {}", session_path.display()))?;
-        let session: MatrixSession = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a saved session", session_path.display()))?;
+    let sealer = Sealer::from_secret(&secrets.store_passphrase);
+    if let Some(session) = read_session(data_dir, &sealer)? {
         anyhow::ensure!(
             session.meta.user_id.as_str() == config.matrix.user_id,
             "{} belongs to another account than matrix.user_id; use a fresh data_dir for a new account",
@@ -50,19 +48,148 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
         );
         client.restore_session(session).await.context("restoring the saved Matrix session")?;
         info!("restored the saved Matrix session");
-    } else {
-        client
-            .matrix_auth()
-            .login_username(&config.matrix.user_id, &secrets.password)
-            .initial_device_display_name(&config.matrix.device_name)
-            .await
-            .map_err(|e| anyhow::anyhow!("logging in as matrix.user_id failed: {}", scrub_err(&e)))?;
-        let session = client.matrix_auth().session().context("no session after login")?;
-        write_private(&session_path, &serde_json::to_vec(&session)?)?;
-        info!("logged in with a new device; session saved");
-        return Ok((client, true));
+        return Ok((client, false));
     }
-    Ok((client, false))
+    client
+        .matrix_auth()
+        .login_username(&config.matrix.user_id, &secrets.password)
+        .initial_device_display_name(&config.matrix.device_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("logging in as matrix.user_id failed: {}", scrub_err(&e)))?;
+    let session = client.matrix_auth().session().context("no session after login")?;
+    write_private(&session_path, &sealer.seal(&serde_json::to_vec(&session)?))?;
+    info!("logged in with a new device; session saved (sealed)");
+    adopt_identity(&client, data_dir, &sealer).await?;
+    Ok((client, true))
+}
+
+/// The saved session, opened with the store passphrase. A session an older
+/// build saved in the clear is sealed now and its clear copy removed.
+fn read_session(data_dir: &Path, sealer: &Sealer) -> Result<Option<MatrixSession>> {
+    let path = store::session_file(data_dir);
+    if path.exists() {
+        let sealed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let plain = sealer
+            .open(&sealed)
+            .with_context(|| format!("{} does not open with the store passphrase", path.display()))?;
+        let session = serde_json::from_slice(&plain)
+            .with_context(|| format!("{} does not hold a saved session", path.display()))?;
+        return Ok(Some(session));
+    }
+    let legacy = store::legacy_session_file(data_dir);
+    if !legacy.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read(&legacy).with_context(|| format!("reading {}", legacy.display()))?;
+    let session: MatrixSession =
+        serde_json::from_slice(&text).with_context(|| format!("{} is not a saved session", legacy.display()))?;
+    write_private(&path, &sealer.seal(&text))?;
+    // Overwritten before removal, so the token is not left in the file's
+    // old blocks on a filesystem that writes in place.
+    write_in_place(&legacy, &vec![0u8; text.len()])?;
+    std::fs::remove_file(&legacy).with_context(|| format!("removing {}", legacy.display()))?;
+    info!("the saved session is now sealed with the store passphrase; the clear copy is removed");
+    Ok(Some(session))
+}
+
+fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// After the device was replaced: signs the new device with the bot's
+/// cross-signing keys kept from the old one, so counsellors' and visitors'
+/// clients see the same identity, and removes the sealed copy.
+async fn adopt_identity(client: &Client, data_dir: &Path, sealer: &Sealer) -> Result<()> {
+    let path = store::identity_file(data_dir);
+    if !path.exists() {
+        return Ok(());
+    }
+    let sealed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let plain =
+        sealer.open(&sealed).with_context(|| format!("{} does not open with the store passphrase", path.display()))?;
+    let bundle: SecretsBundle = serde_json::from_slice(&plain)
+        .with_context(|| format!("{} does not hold cross-signing keys", path.display()))?;
+    let encryption = client.encryption();
+    encryption
+        .import_secrets_bundle(&bundle)
+        .await
+        .map_err(|e| anyhow::anyhow!("importing the bot's cross-signing keys failed: {}", scrub_err(&e)))?;
+    // The import signs the device keys it uploads; where the SDK had
+    // uploaded them already, this adds the signature.
+    match encryption.get_own_device().await {
+        Ok(Some(device)) => {
+            if let Err(e) = device.verify().await {
+                warn!(error = %scrub_err(&e), "signing the new device with the cross-signing key failed");
+            }
+        }
+        Ok(None) => warn!("the new device is not known to the store yet; it is signed by the import alone"),
+        Err(e) => warn!(error = %scrub_err(&e), "reading the new device failed"),
+    }
+    write_in_place(&path, &vec![0u8; sealed.len()])?;
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    info!("new device signed with the bot's cross-signing identity, kept across the device change");
+    Ok(())
+}
+
+/// Replaces the bot's Matrix device, so that its store forgets the cases
+/// that have ended: their visitors' devices and Olm sessions, their rooms'
+/// keys and state, which the SDK has no call to delete one by one (privacy
+/// rule 6). Called only when no chat is open. The cross-signing keys are
+/// exported from the store and kept sealed until the new device has taken
+/// them ([`adopt_identity`]); the old device is logged out (deleted on the
+/// homeserver) and its store and session removed. The caller restarts the
+/// process, which logs in anew.
+///
+/// Without a complete set of cross-signing keys the device is kept (a new
+/// identity would warn every counsellor) and the bot restarts anyway.
+pub async fn replace_device(
+    client: Client,
+    config: &Config,
+    secrets: &Secrets,
+    store: store::Store,
+) -> Result<super::Ran> {
+    let data_dir = &config.storage.data_dir;
+    let matrix_dir = store::matrix_dir(data_dir);
+    info!("no chat open and a finished case is due to be forgotten: replacing the bot's Matrix device");
+    let sealer = Sealer::from_secret(&secrets.store_passphrase);
+    let exported = matrix_sdk::encryption::export_secrets_bundle_from_store(
+        matrix_dir.join("matrix-sdk-crypto.sqlite3"),
+        Some(&secrets.store_passphrase),
+    )
+    .await;
+    let bundle = match exported {
+        Ok(Some((_, bundle))) => bundle,
+        Ok(None) => {
+            warn!("the Matrix store holds no account; device kept");
+            store.clear_forget_due().await?;
+            return Ok(super::Ran::Restart);
+        }
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "the cross-signing keys could not be exported; device kept, identity unchanged");
+            store.clear_forget_due().await?;
+            return Ok(super::Ran::Restart);
+        }
+    };
+    write_private(&store::identity_file(data_dir), &sealer.seal(&serde_json::to_vec(&bundle)?))?;
+    drop(bundle);
+    match client.matrix_auth().logout().await {
+        Ok(_) => info!("old device logged out and deleted on the homeserver"),
+        Err(e) => warn!(error = %scrub_err(&e), "logging the old device out failed; it stays listed on the homeserver"),
+    }
+    drop(client);
+    let session_path = store::session_file(data_dir);
+    if session_path.exists() {
+        std::fs::remove_file(&session_path).with_context(|| format!("removing {}", session_path.display()))?;
+    }
+    std::fs::remove_dir_all(&matrix_dir).with_context(|| format!("removing {}", matrix_dir.display()))?;
+    store.clear_forget_due().await?;
+    info!("old device's store removed; starting again with a new device");
+    Ok(super::Ran::Restart)
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -128,6 +128,20 @@ async fn leave_leftover_rooms(leftovers: Vec<Room>) {
     }
 }
 
+/// Seconds after a case's end for its goodbye, redactions, purge and web
+/// account deletion to run, before its device may be replaced.
+const SETTLE_SECS: i64 = 30;
+
+/// Why the worker ended without an error.
+pub enum WorkerEnd {
+    /// Shutdown was asked for.
+    Stopped,
+    /// No chat is open and a finished case is due to be forgotten: the
+    /// caller replaces the bot's device (keeping its cross-signing
+    /// identity) and starts again. Returns the store, flushed.
+    ReplaceDevice(Store),
+}
+
 /// How often web chat accounts without a chat are looked for.
 const IDLE_ACCOUNTS_EVERY: Duration = Duration::from_secs(60);
 
@@ -189,6 +203,10 @@ pub struct Worker {
     redact_at_close: bool,
     /// Whether an idle-account sweep is running.
     idle_sweep: Arc<std::sync::atomic::AtomicBool>,
+    /// `privacy.forget_after_minutes`, in seconds.
+    forget_after_secs: i64,
+    /// When the device is due to be replaced (see [`WorkerEnd`]).
+    forget_due: Option<i64>,
     /// A store write that failed: nothing visible goes out after it, and
     /// the worker ends (the process exits non-zero; the restart re-derives
     /// the state from what is durable and the rooms' history).
@@ -235,6 +253,7 @@ impl Worker {
             _ => None,
         };
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
+        let forget_due = store.forget_due()?;
         Ok(Worker {
             desk: Desk::new(setup, cases, router),
             store,
@@ -270,6 +289,9 @@ impl Worker {
             web,
             redact_at_close: config.privacy.redact_at_close,
             idle_sweep: Arc::default(),
+            forget_after_secs: i64::try_from(config.privacy.forget_after_minutes)
+                .map_or(i64::MAX, |m| m.saturating_mul(60)),
+            forget_due,
             fatal: None,
         })
     }
@@ -378,8 +400,27 @@ impl Worker {
         });
     }
 
-    /// Processes events until `stop` turns true, then flushes the store.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<()> {
+    /// Whether the device is due to be replaced now: a finished case's
+    /// time has come, no chat is open or being admitted, every case room's
+    /// sender is done, and no room purge is queued (the queue lives in the
+    /// store that goes with the device).
+    async fn device_due(&self) -> bool {
+        if !self.forget_due.is_some_and(|at| at <= now()) || !self.desk.cases.is_empty() || !self.preparing.is_empty() {
+            return false;
+        }
+        let busy_senders = self.senders.iter().filter(|t| !t.is_finished()).count();
+        if busy_senders > usize::from(self.staff.is_some()) {
+            return false;
+        }
+        match &self.purger {
+            Some(p) => p.pending().await == 0,
+            None => true,
+        }
+    }
+
+    /// Processes events until `stop` turns true (or the device is due to be
+    /// replaced), then flushes the store.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<WorkerEnd> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
         self.learn_visitors().await;
         if let Some(p) = &self.purger {
@@ -412,6 +453,7 @@ impl Worker {
         sweep.tick().await;
         let mut beat = tokio::time::interval(Duration::from_secs(crate::metrics::WORKER_BEAT_SECS));
         let mut idle_accounts = tokio::time::interval(IDLE_ACCOUNTS_EVERY);
+        let mut replace = false;
         loop {
             self.metrics.worker_beat();
             let wait = match self.desk.next_deadline(now()) {
@@ -442,6 +484,10 @@ impl Worker {
             }
             self.commit().await;
             self.check_fatal()?;
+            if self.device_due().await {
+                replace = true;
+                break;
+            }
         }
         self.commit().await;
         self.store.flush().await?;
@@ -460,7 +506,7 @@ impl Worker {
         {
             warn!("some messages were still being sent at shutdown");
         }
-        Ok(())
+        Ok(if replace { WorkerEnd::ReplaceDevice(self.store) } else { WorkerEnd::Stopped })
     }
 
     fn is_counsellor(&self, user: &UserId) -> bool {
@@ -773,6 +819,17 @@ impl Worker {
             Ok(()) => {
                 info!(case = %case_id, outcome = %rec.outcome, "case ended; outcome recorded");
                 self.metrics.case_ended(&rec.outcome, rec.intake_completed);
+                let due = now().saturating_add(self.forget_after_secs).saturating_add(SETTLE_SECS);
+                if self.forget_due.is_none_or(|at| due < at) {
+                    // Sealed, flushed with the commit; a failure only delays it.
+                    match self.store.note_forget_due(due) {
+                        Ok(()) => {
+                            self.forget_due = Some(due);
+                            self.dirty = true;
+                        }
+                        Err(e) => warn!(error = %format!("{e:#}"), "could not note when to forget the case"),
+                    }
+                }
             }
             Err(e) => error!(case = %case_id, error = %e, "writing the outcome record failed"),
         }
