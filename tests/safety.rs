@@ -94,16 +94,17 @@ prompt = { en = "Tell us what happened, in a few words." }
         files = files.iter().map(|f| &f.0).collect::<Vec<_>>()
     );
     let log = s.bot.log_text();
-    // Positive controls: the scan does read the stores and the log.
-    assert!(
-        files.iter().any(|(_, b)| contains_bytes(b, s.bot.user_id.as_bytes())),
-        "the bot's own id (in session.json) should be found by the scan"
-    );
     // The summary names the case ("New chat (case <id>)"); the record has
     // an id of its own that no log line, room or message ever shows.
     let case_id = summary.split("(case ").nth(1).and_then(|t| t.split(')').next()).expect("case id in the summary");
     assert!(log.contains(case_id), "the log names the case by its case id");
     let record_id = records[0]["record"].as_str().unwrap();
+    // Positive control: the scan does read the stores (the outcome record,
+    // which names nobody, is kept readable for `stats` and `export`).
+    assert!(
+        files.iter().any(|(_, b)| contains_bytes(b, record_id.as_bytes())),
+        "the record id (in the outcome store) should be found by the scan"
+    );
     assert_eq!(record_id.len(), 24);
     assert_ne!(record_id, case_id);
     assert!(!log.contains(record_id), "the record id is in the log");
@@ -365,4 +366,150 @@ async fn at_the_close_the_case_is_removed_from_the_room_but_the_goodbye() {
         messages.iter().filter(|e| e["unsigned"]["redacted_because"]["sender"] == s.bot.user_id.as_str()).count();
     assert_eq!(removed_by_bot, messages.len() - 1);
     assert!(s.bot.log_text().contains("the case's messages removed from the room"));
+}
+
+/// Privacy rule 6 after a case: once it has ended and no chat is open, the
+/// bot replaces its Matrix device (here at once: forget_after_minutes = 0),
+/// so that a copy of its data directory holds nothing of the visitor
+/// without the passphrase, and nothing of the case with it; counsellors see
+/// the same cross-signing identity and a new device signed by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_case_the_bot_forgets_it_with_a_new_device_of_the_same_identity() {
+    use matrix_sdk::StateStore as _;
+    use matrix_sdk_crypto::store::CryptoStore as _;
+
+    let mut s = Scene::new(1, &["en"], 120, "[privacy]\nforget_after_minutes = 0\n").await;
+    s.staff(0, "!available", "You are available").await;
+    let c = &s.counsellors[0];
+    let bot: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
+    c.client.encryption().request_user_identity(&bot).await.unwrap();
+    let master_before =
+        c.client.encryption().get_user_identity(&bot).await.unwrap().expect("bot's identity").master_key().clone();
+    let devices_before: Vec<String> =
+        c.client.encryption().get_user_devices(&bot).await.unwrap().keys().map(|d| d.to_string()).collect();
+    assert_eq!(devices_before.len(), 1, "{devices_before:?}");
+
+    let room = s.case_with_counsellor(["1", "2", "1", "1", "2", "1"]).await;
+    let v = &s.visitor;
+    v.send(&room, "thank you").await;
+    c.expect(&room, "thank you").await;
+    let visitor_key = v.client.encryption().curve25519_key().await.expect("visitor's identity key");
+    let visitor_ed = v.client.encryption().ed25519_key().await.expect("visitor's signing key");
+    let visitor_device = v.client.device_id().unwrap().to_string();
+    // Positive control: while the case is open the scan does find the
+    // visitor's identity key (matrix-sdk keeps it in clear against replays).
+    let during = all_files(&s.bot.data_dir());
+    assert!(
+        during.iter().any(|(_, b)| contains_bytes(b, visitor_key.to_base64().as_bytes())),
+        "the visitor's key should be found in the store of the device that talked with them"
+    );
+    // The same listing as below, of a copy taken now, does show the case.
+    let snapshot = tempfile::tempdir().unwrap();
+    for (path, bytes) in &during {
+        let rel = path.strip_prefix(s.bot.data_dir()).unwrap();
+        std::fs::create_dir_all(snapshot.path().join(rel).parent().unwrap()).unwrap();
+        std::fs::write(snapshot.path().join(rel), bytes).unwrap();
+    }
+    {
+        let crypto =
+            matrix_sdk_sqlite::SqliteCryptoStore::open(snapshot.path().join("matrix"), Some(common::PASSPHRASE))
+                .await
+                .unwrap();
+        crypto.load_account().await.unwrap();
+        let tracked = crypto.load_tracked_users().await.unwrap();
+        assert!(tracked.iter().any(|t| t.user_id == v.user_id), "control: the visitor is tracked during the case");
+        assert!(!crypto.get_user_devices(&v.user_id).await.unwrap().is_empty(), "control: visitor's devices");
+        let keys = crypto.get_inbound_group_sessions().await.unwrap();
+        assert!(keys.iter().any(|k| k.room_id() == room), "control: the case room's keys during the case");
+    }
+    c.send(&room, "!close advice").await;
+    v.expect(&room, "ended this chat").await;
+
+    // The bot comes back on a new device (its staff room notice again).
+    let t = Instant::now();
+    c.expect(&s.staff_room, "intake-bot is online").await;
+    eprintln!("back online {:?} after the close", t.elapsed());
+    let log = s.bot.log_text();
+    assert!(log.contains("replacing the bot's Matrix device"), "no device change in the log");
+    assert!(log.contains("new device signed with the bot's cross-signing identity"), "identity not kept");
+
+    // What counsellors' clients see: the same master key, the old device
+    // gone, one new device, signed by that identity.
+    let deadline = Instant::now() + TIMEOUT;
+    let new_device = loop {
+        c.client.encryption().request_user_identity(&bot).await.unwrap();
+        let devices = c.client.encryption().get_user_devices(&bot).await.unwrap();
+        let ids: Vec<String> = devices.keys().map(|d| d.to_string()).collect();
+        if ids.len() == 1 && ids[0] != devices_before[0] {
+            let d = devices.devices().next().unwrap();
+            if d.is_cross_signed_by_owner() {
+                break ids[0].clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "the bot's devices as the counsellor sees them: {ids:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let identity = c.client.encryption().get_user_identity(&bot).await.unwrap().expect("bot's identity");
+    assert_eq!(identity.master_key(), &master_before, "the bot's identity changed");
+    eprintln!("old device {} replaced by {new_device}", devices_before[0]);
+    // The new device reads the staff room: a command is answered.
+    s.staff(0, "!status", "Available counsellors: 1").await;
+
+    let (st, _) = s.bot.stop();
+    assert!(st.success());
+    let files = all_files(&s.bot.data_dir());
+    let room_hex: String = room.as_str().bytes().map(|b| format!("{b:02x}")).collect();
+    let key_hex: String = visitor_key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let canaries: Vec<(&str, Vec<u8>)> = vec![
+        ("visitor user id", v.user_id.as_str().as_bytes().to_vec()),
+        ("visitor localpart", v.user_id.localpart().as_bytes().to_vec()),
+        ("visitor's device id", visitor_device.clone().into_bytes()),
+        ("visitor's identity key (base64)", visitor_key.to_base64().into_bytes()),
+        ("visitor's identity key (raw)", visitor_key.to_bytes().to_vec()),
+        ("visitor's identity key (hex)", key_hex.into_bytes()),
+        ("visitor's signing key (base64)", visitor_ed.clone().into_bytes()),
+        ("room id", room.as_str().as_bytes().to_vec()),
+        ("room id without sigil", room.as_str().as_bytes()[1..].to_vec()),
+        ("room id (hex)", room_hex.into_bytes()),
+        ("room id (%-encoded)", room.as_str().replacen('!', "%21", 1).into_bytes()),
+        ("an access token", b"syt_".to_vec()),
+        ("the old device's id", devices_before[0].clone().into_bytes()),
+    ];
+    for (what, value) in &canaries {
+        for (path, bytes) in &files {
+            assert!(!contains_bytes(bytes, value), "{what} found in {} without the passphrase", path.display());
+        }
+    }
+    assert!(!files.iter().any(|(p, _)| p.ends_with("session.json") || p.ends_with("identity.sealed")));
+
+    // With the passphrase: the store lists nothing of the case.
+    let matrix_dir = s.bot.data_dir().join("matrix");
+    let crypto = matrix_sdk_sqlite::SqliteCryptoStore::open(&matrix_dir, Some(common::PASSPHRASE)).await.unwrap();
+    let account = crypto.load_account().await.unwrap().expect("the new device's account");
+    assert_eq!(account.device_id().as_str(), new_device);
+    let tracked: Vec<String> =
+        crypto.load_tracked_users().await.unwrap().iter().map(|t| t.user_id.to_string()).collect();
+    // Positive control: the store opened is the bot's, with the staff room's users.
+    assert!(tracked.contains(&c.user_id.to_string()), "counsellor not tracked: {tracked:?}");
+    assert!(!tracked.contains(&v.user_id.to_string()), "visitor still tracked");
+    assert!(crypto.get_user_devices(&v.user_id).await.unwrap().is_empty(), "visitor's devices kept");
+    assert!(crypto.get_user_identity(&v.user_id).await.unwrap().is_none(), "visitor's identity kept");
+    assert!(
+        crypto.get_sessions(&visitor_key.to_base64()).await.unwrap().is_none_or(|s| s.is_empty()),
+        "Olm sessions with the visitor kept"
+    );
+    let room_keys = crypto.get_inbound_group_sessions().await.unwrap();
+    assert!(room_keys.iter().all(|k| k.room_id() != room), "the case room's keys kept");
+    let state = matrix_sdk_sqlite::SqliteStateStore::open(&matrix_dir, Some(common::PASSPHRASE)).await.unwrap();
+    let rooms: Vec<String> = state
+        .get_room_infos(&matrix_sdk::store::RoomLoadSettings::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.room_id().to_string())
+        .collect();
+    assert!(rooms.contains(&s.staff_room.to_string()), "staff room not in the new store: {rooms:?}");
+    assert!(!rooms.contains(&room.to_string()), "the case room is still in the state store");
+    // The record is kept (rule 1), the case is not.
+    assert_eq!(s.bot.export().len(), 1);
 }

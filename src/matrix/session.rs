@@ -157,11 +157,10 @@ pub async fn replace_device(
     let matrix_dir = store::matrix_dir(data_dir);
     info!("no chat open and a finished case is due to be forgotten: replacing the bot's Matrix device");
     let sealer = Sealer::from_secret(&secrets.store_passphrase);
-    let exported = matrix_sdk::encryption::export_secrets_bundle_from_store(
-        matrix_dir.join("matrix-sdk-crypto.sqlite3"),
-        Some(&secrets.store_passphrase),
-    )
-    .await;
+    // A second, short-lived handle on the store's directory: the sync has
+    // stopped and the worker has ended, so nothing else writes meanwhile.
+    let exported =
+        matrix_sdk::encryption::export_secrets_bundle_from_store(&matrix_dir, Some(&secrets.store_passphrase)).await;
     let bundle = match exported {
         Ok(Some((_, bundle))) => bundle,
         Ok(None) => {

@@ -405,7 +405,7 @@ impl Worker {
     /// sender is done, and no room purge is queued (the queue lives in the
     /// store that goes with the device).
     async fn device_due(&self) -> bool {
-        if !self.forget_due.is_some_and(|at| at <= now()) || !self.desk.cases.is_empty() || !self.preparing.is_empty() {
+        if self.forget_due.is_none_or(|at| at > now()) || !self.desk.cases.is_empty() || !self.preparing.is_empty() {
             return false;
         }
         let busy_senders = self.senders.iter().filter(|t| !t.is_finished()).count();
