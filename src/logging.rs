@@ -60,7 +60,32 @@ pub fn init(format: LogFormat) {
 /// Every log line passes through it, the SDK's included, so an id quoted in
 /// an error never reaches a log.
 pub(crate) fn scrub(s: &str) -> String {
-    scrub_devices_and_keys(&scrub_ids(&scrub_urls(s)))
+    scrub_devices_and_keys(&scrub_ids(&scrub_encoded_ids(&scrub_urls(s))))
+}
+
+/// Ids %-encoded outside a full URL (a bare request path in an SDK line,
+/// `path=/_matrix/client/v3/rooms/%21abc%3Ahs/members`): `%21`, `%40`,
+/// `%23` or `%24` (`!`, `@`, `#`, `$`) and what follows up to a delimiter
+/// become `<id>`.
+fn scrub_encoded_ids(s: &str) -> String {
+    const SIGILS: [&str; 4] = ["%21", "%40", "%23", "%24"];
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = SIGILS.iter().filter_map(|sig| rest.find(sig)).min() {
+        out.push_str(&rest[..start]);
+        let from = &rest[start + 3..];
+        let end = from
+            .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '%' | '.' | '-' | '_' | '=' | '+' | '~')))
+            .unwrap_or(from.len());
+        if end == 0 {
+            out.push_str(&rest[start..start + 3]);
+        } else {
+            out.push_str("<id>");
+        }
+        rest = &from[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Request URLs in errors carry ids %-encoded (`/rooms/%21abc/send/...`,
@@ -250,6 +275,20 @@ mod tests {
         assert_eq!(scrub("user_id=\"@intake:localhost\" device"), "user_id=\"<id>\" device");
         assert_eq!(scrub("a@b or 5! times"), "a@b or 5! times");
         assert_eq!(scrub("2026-11-29T23:34:31Z  INFO intake_bot: ok"), "2026-11-29T23:34:31Z  INFO intake_bot: ok");
+    }
+
+    #[test]
+    fn scrub_hides_encoded_ids_outside_urls() {
+        let line = "WARN request failed path=/_matrix/client/v3/rooms/%21MwRzLDabc%3Ahs.example/members \
+                    user=%40visitor-7%3Ahs.example alias %23place%3Ahs event %24Ev_1-x";
+        let s = scrub(line);
+        for id in ["MwRzLDabc", "visitor-7", "place", "Ev_1-x", "hs.example"] {
+            assert!(!s.contains(id), "{id} left in {s}");
+        }
+        assert!(s.contains("/rooms/<id>/members") && s.contains("user=<id>"), "{s}");
+        // A lone sign is kept.
+        assert_eq!(scrub("100%21 done"), "100%21 done");
+        assert_eq!(scrub("50% %21"), "50% %21");
     }
 
     #[test]

@@ -272,9 +272,9 @@ async fn cases_past_retention_are_removed_even_if_the_bot_was_down() {
         let db = sled::open(s.bot.data_dir().join("state")).unwrap();
         let cases = db.open_tree("cases").unwrap();
         let (k, val) = cases.iter().next().expect("a case in progress").unwrap();
-        let mut case: serde_json::Value = serde_json::from_slice(&val).unwrap();
+        let mut case: serde_json::Value = serde_json::from_slice(&common::unseal(&val)).unwrap();
         case["started"] = serde_json::json!(case["started"].as_i64().unwrap() - 2 * 3600);
-        cases.insert(k, serde_json::to_vec(&case).unwrap()).unwrap();
+        cases.insert(k, common::seal(&serde_json::to_vec(&case).unwrap())).unwrap();
         db.flush().unwrap();
     }
     s.bot.start();
@@ -512,4 +512,146 @@ async fn after_a_case_the_bot_forgets_it_with_a_new_device_of_the_same_identity(
     assert!(!rooms.contains(&room.to_string()), "the case room is still in the state store");
     // The record is kept (rule 1), the case is not.
     assert_eq!(s.bot.export().len(), 1);
+}
+
+/// Decodes `%XX` sequences (for the proxy's echo of what it was asked).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A proxy in front of Synapse that fails every third request naming a
+/// room or a user in its path with a 502 whose error message echoes the
+/// decoded path (as some gateways do), and forwards the rest. Returns its
+/// URL and the count of failed requests.
+async fn failing_proxy(upstream: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let failed = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let http = reqwest::Client::new();
+    let counter = failed.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (http, upstream, failed, seen) = (http.clone(), upstream.clone(), counter.clone(), seen.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (http, upstream, failed, seen) = (http.clone(), upstream.clone(), failed.clone(), seen.clone());
+                    async move {
+                        let path = req.uri().path_and_query().map(ToString::to_string).unwrap_or_default();
+                        let names_someone = ["%21", "%40", "!", "@"].iter().any(|s| path.contains(s));
+                        if names_someone && seen.fetch_add(1, Ordering::SeqCst) % 3 == 2 {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            let body = serde_json::json!({
+                                "errcode": "M_UNKNOWN",
+                                "error": format!("upstream failed for {}", percent_decode(&path)),
+                            });
+                            return Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(502)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            );
+                        }
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let mut headers = parts.headers.clone();
+                        headers.remove("host");
+                        headers.remove("content-length");
+                        let sent = http
+                            .request(parts.method, format!("{upstream}{path}"))
+                            .headers(headers)
+                            .body(body)
+                            .send()
+                            .await;
+                        let resp = match sent {
+                            Ok(r) => {
+                                let status = r.status();
+                                let ctype = r.headers().get("content-type").cloned();
+                                let bytes = r.bytes().await.unwrap_or_default();
+                                let mut b = hyper::Response::builder().status(status);
+                                if let Some(c) = ctype {
+                                    b = b.header("content-type", c);
+                                }
+                                b.body(Full::new(bytes)).unwrap()
+                            }
+                            Err(_) => hyper::Response::builder().status(502).body(Full::new(Bytes::new())).unwrap(),
+                        };
+                        Ok(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (url, failed)
+}
+
+/// Privacy rule 3 under network faults: with a homeserver that fails
+/// requests (echoing the ids it was asked about), no log line names the
+/// visitor, their device or the room, in any encoding, and no request URL
+/// keeps its path ids or query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_under_failing_requests_name_nobody() {
+    let hs = Synapse::get();
+    let (proxy, failed) = failing_proxy(hs.url.clone()).await;
+    let mut s = Scene::with_bot_homeserver(&proxy, &["en"], "").await;
+    s.staff(0, "!available", "You are available").await;
+    let room = s.case_with_counsellor(["1", "2", "1", "1", "2", "1"]).await;
+    let (v, c) = (&s.visitor, &s.counsellors[0]);
+    v.send(&room, "hello").await;
+    c.expect(&room, "hello").await;
+    c.send(&room, "!close advice").await;
+    v.expect(&room, "ended this chat").await;
+    wait_bot_gone(v, &room, &s.bot.user_id).await;
+    let (st, _) = s.bot.stop();
+    assert!(st.success());
+    let failures = failed.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(failures >= 3, "the proxy failed only {failures} requests");
+    let log = s.bot.log_text();
+    let enc = |id: &str| id.replace('!', "%21").replace('@', "%40").replace(':', "%3A");
+    let device = v.client.device_id().unwrap().to_string();
+    let canaries = [
+        ("visitor user id", v.user_id.to_string()),
+        ("visitor user id %-encoded", enc(v.user_id.as_str())),
+        ("visitor localpart", v.user_id.localpart().to_owned()),
+        ("room id", room.to_string()),
+        ("room id %-encoded", enc(room.as_str())),
+        ("room id without sigil", room.as_str()[1..].to_owned()),
+        ("visitor's device id", device),
+    ];
+    for (what, value) in &canaries {
+        let line = log.lines().find(|l| l.contains(value.as_str()));
+        assert!(line.is_none(), "{what} in the log: {line:?}");
+    }
+    // Request URLs keep their host and API words only.
+    for l in log.lines().filter(|l| l.contains("/_matrix/")) {
+        assert!(!l.contains("/rooms/%") && !l.contains("/rooms/!") && !l.contains("?access_token"), "{l}");
+    }
+    // Positive control: the failures did reach the log, scrubbed.
+    assert!(log.contains("502") || log.contains("upstream failed"), "no failed request in the log");
+    assert!(log.contains("<id>"), "no id was scrubbed: the failures named none?");
 }

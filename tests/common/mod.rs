@@ -744,6 +744,23 @@ impl Scene {
         max_active: u32,
         extra: &str,
     ) -> Scene {
+        Scene::build(n_counsellors, languages, accept_timeout_secs, max_active, extra, None).await
+    }
+
+    /// [`Scene::new`] with the bot (only) reaching the homeserver at `url`,
+    /// a proxy in front of the shared Synapse.
+    pub async fn with_bot_homeserver(url: &str, languages: &[&str], extra: &str) -> Scene {
+        Scene::build(1, languages, 120, 2, extra, Some(url)).await
+    }
+
+    async fn build(
+        n_counsellors: usize,
+        languages: &[&str],
+        accept_timeout_secs: u64,
+        max_active: u32,
+        extra: &str,
+        bot_url: Option<&str>,
+    ) -> Scene {
         let t0 = Instant::now();
         let mut counsellors = Vec::new();
         for _ in 0..n_counsellors {
@@ -768,7 +785,11 @@ impl Scene {
         for c in counsellors.iter().skip(1) {
             c.join(&c.wait_invite().await).await;
         }
-        let cfg = std::fs::read_to_string(&bot.config).unwrap().replace("!placeholder", staff_room.as_str());
+        let mut cfg = std::fs::read_to_string(&bot.config).unwrap().replace("!placeholder", staff_room.as_str());
+        if let Some(url) = bot_url {
+            let hs = Synapse::get();
+            cfg = cfg.replace(&format!("homeserver_url = \"{}\"", hs.url), &format!("homeserver_url = \"{url}\""));
+        }
         std::fs::write(&bot.config, cfg).unwrap();
         eprintln!("scene: accounts and staff room ready after {:?}", t0.elapsed());
         bot.start();
@@ -876,4 +897,31 @@ pub async fn raw_history(
     let resp: serde_json::Value =
         reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
     resp["chunk"].as_array().unwrap().clone()
+}
+
+/// Opens a value the bot sealed in its sled store (`S1`, nonce, ciphertext;
+/// XChaCha20-Poly1305 under HMAC-SHA256(passphrase, "intake-bot seal key v1")),
+/// as a test that edits the store while the bot is down must.
+pub fn unseal(stored: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::Aead;
+    let sealed = stored.strip_prefix(b"S1").expect("a sealed value");
+    let (nonce, body) = sealed.split_at(24);
+    seal_cipher().decrypt(chacha20poly1305::XNonce::from_slice(nonce), body).expect("opens with the test passphrase")
+}
+
+/// Seals a value as the bot does (see [`unseal`]).
+pub fn seal(plain: &[u8]) -> Vec<u8> {
+    use chacha20poly1305::aead::{Aead, AeadCore, OsRng};
+    let nonce = chacha20poly1305::XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let mut out = b"S1".to_vec();
+    out.extend_from_slice(&nonce);
+    out.extend(seal_cipher().encrypt(&nonce, plain).unwrap());
+    out
+}
+
+fn seal_cipher() -> chacha20poly1305::XChaCha20Poly1305 {
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(PASSPHRASE.as_bytes()).unwrap();
+    mac.update(b"intake-bot seal key v1");
+    let key = mac.finalize().into_bytes();
+    <chacha20poly1305::XChaCha20Poly1305 as chacha20poly1305::aead::KeyInit>::new(&key)
 }
