@@ -103,6 +103,12 @@ pub struct MatrixConfig {
     /// room purges, and the web chat's sign-up tokens and account deletion.
     #[serde(default)]
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding the recovery passphrase (else
+    /// `INTAKE_BOT_RECOVERY_PASSPHRASE`): the bot's cross-signing keys are
+    /// kept in secret storage on the homeserver under it, so a bot whose
+    /// `data_dir` was lost keeps its identity.
+    #[serde(default)]
+    pub recovery_passphrase_file: Option<PathBuf>,
 }
 
 fn default_device_name() -> String {
@@ -481,6 +487,9 @@ impl Config {
             fix(p);
         }
         if let Some(p) = self.matrix.admin_token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.matrix.recovery_passphrase_file.as_mut() {
             fix(p);
         }
         if let Some(w) = self.web.as_mut() {

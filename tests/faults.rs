@@ -360,3 +360,49 @@ async fn a_failed_record_write_sends_no_goodbye_and_the_restart_writes_it() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["outcome"], "advice");
 }
+
+/// A lost `data_dir` with a recovery passphrase: the bot logs in as a new
+/// device, takes its cross-signing keys back from secret storage and signs
+/// the device, so counsellors see the same identity and a verified device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_data_dir_comes_back_with_the_same_identity_from_the_recovery_passphrase() {
+    const RECOVERY: [(&str, &str); 1] = [("INTAKE_BOT_RECOVERY_PASSPHRASE", "test recovery passphrase")];
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.bot.stop();
+    s.bot.start_with(&RECOVERY);
+    let c = &s.counsellors[0];
+    c.expect(&s.staff_room, "intake-bot is online").await;
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while !s.bot.log_text().contains("secret storage created with the recovery passphrase") {
+        assert!(std::time::Instant::now() < deadline, "secret storage not created");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let bot: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
+    c.client.encryption().request_user_identity(&bot).await.unwrap();
+    let master = c.client.encryption().get_user_identity(&bot).await.unwrap().expect("identity").master_key().clone();
+    let old: Vec<String> =
+        c.client.encryption().get_user_devices(&bot).await.unwrap().keys().map(ToString::to_string).collect();
+    assert_eq!(old.len(), 1);
+
+    s.bot.stop();
+    std::fs::remove_dir_all(s.bot.data_dir()).unwrap();
+    s.bot.start_with(&RECOVERY);
+    c.expect(&s.staff_room, "intake-bot is online").await;
+    let log = s.bot.log_text();
+    assert!(log.contains("the bot's identity restored from secret storage"), "identity not restored");
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    loop {
+        c.client.encryption().request_user_identity(&bot).await.unwrap();
+        let devices = c.client.encryption().get_user_devices(&bot).await.unwrap();
+        let new = devices.devices().find(|d| !old.contains(&d.device_id().to_string()));
+        if new.is_some_and(|d| d.is_cross_signed_by_owner()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new device signed by the bot's identity");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let identity = c.client.encryption().get_user_identity(&bot).await.unwrap().expect("identity");
+    assert_eq!(identity.master_key(), &master, "the bot's identity changed");
+    // The new device reads the staff room.
+    s.staff(0, "!status", "Available counsellors").await;
+}

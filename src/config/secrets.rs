@@ -15,6 +15,9 @@ pub struct Secrets {
     /// A Synapse admin token (`INTAKE_BOT_ADMIN_TOKEN`, else
     /// `matrix.admin_token_file`, else `privacy.purge_admin_token_file`).
     pub admin_token: Option<String>,
+    /// Opens the bot's secret storage on the homeserver
+    /// (`INTAKE_BOT_RECOVERY_PASSPHRASE`, else `matrix.recovery_passphrase_file`).
+    pub recovery_passphrase: Option<String>,
 }
 
 impl fmt::Debug for Secrets {
@@ -32,8 +35,13 @@ impl Secrets {
             (None, Some(f)) => Some(secret("INTAKE_BOT_ADMIN_TOKEN", Some(f), "privacy.purge_admin_token_file")?),
             (None, None) => std::env::var("INTAKE_BOT_ADMIN_TOKEN").ok().filter(|v| !v.is_empty()),
         };
+        let recovery_passphrase = match m.recovery_passphrase_file.as_deref() {
+            Some(f) => Some(secret("INTAKE_BOT_RECOVERY_PASSPHRASE", Some(f), "matrix.recovery_passphrase_file")?),
+            None => std::env::var("INTAKE_BOT_RECOVERY_PASSPHRASE").ok().filter(|v| !v.is_empty()),
+        };
         Ok(Secrets {
             admin_token,
+            recovery_passphrase,
             password: secret("INTAKE_BOT_PASSWORD", m.password_file.as_deref(), "matrix.password_file")?,
             store_passphrase: secret(
                 "INTAKE_BOT_STORE_PASSPHRASE",

@@ -275,6 +275,9 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let mut sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics.clone(), joins.clone(), gate));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
     tokio::spawn(session::forget_direct_rooms(client.clone()));
+    if let Some(pass) = secrets.recovery_passphrase.clone() {
+        tokio::spawn(session::keep_identity_in_secret_storage(client.clone(), pass));
+    }
     tokio::spawn(session::apply_profile(client.clone(), config.matrix.clone(), config.storage.data_dir.clone()));
     drop(tx);
 

@@ -10,7 +10,7 @@ use matrix_sdk::Client;
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::RequestConfig;
 use matrix_sdk::encryption::EncryptionSettings;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::scrub_err;
 use crate::config::{Config, MatrixConfig, Secrets};
@@ -59,8 +59,88 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     let session = client.matrix_auth().session().context("no session after login")?;
     write_private(&session_path, &sealer.seal(&serde_json::to_vec(&session)?))?;
     info!("logged in with a new device; session saved (sealed)");
-    adopt_identity(&client, data_dir, &sealer).await?;
+    if store::identity_file(data_dir).exists() {
+        adopt_identity(&client, data_dir, &sealer).await?;
+    } else if let Some(pass) = &secrets.recovery_passphrase {
+        restore_identity(&client, pass).await;
+    }
     Ok((client, true))
+}
+
+/// A fresh login with a recovery passphrase (a lost `data_dir`): the
+/// cross-signing keys come back from secret storage on the homeserver and
+/// sign the new device. Where there is none yet, or it does not open, the
+/// bot goes on unsigned and says so.
+async fn restore_identity(client: &Client, passphrase: &str) {
+    let ss = client.encryption().secret_storage();
+    match ss.is_enabled().await {
+        Ok(true) => {}
+        Ok(false) => {
+            info!("no secret storage on the homeserver yet; the bot's identity is stored there once it has one");
+            return;
+        }
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not read secret storage; the new device stays unsigned");
+            return;
+        }
+    }
+    let store = match ss.open_secret_store(passphrase).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(
+                error = %scrub_err(&e),
+                "the recovery passphrase does not open the bot's secret storage; the new device stays unsigned \
+                 (counsellors' clients show it unverified)"
+            );
+            return;
+        }
+    };
+    match store.import_secrets().await {
+        Ok(()) => info!("the bot's identity restored from secret storage; the new device is signed with it"),
+        Err(e) => error!(error = %scrub_err(&e), "restoring the bot's identity from secret storage failed"),
+    }
+}
+
+/// With a recovery passphrase: makes sure the bot's cross-signing keys are
+/// in secret storage on the homeserver (created with the passphrase the
+/// first time), and nothing else: no room-key backup. In the background,
+/// after the SDK has set up cross-signing.
+pub async fn keep_identity_in_secret_storage(client: Client, passphrase: String) {
+    use matrix_sdk::ruma::events::secret::request::SecretName;
+    let encryption = client.encryption();
+    encryption.wait_for_e2ee_initialization_tasks().await;
+    if !encryption.cross_signing_status().await.is_some_and(|s| s.is_complete()) {
+        warn!("the bot does not hold its cross-signing keys; nothing to keep in secret storage");
+        return;
+    }
+    let ss = encryption.secret_storage();
+    let store = match ss.is_enabled().await {
+        Ok(true) => match ss.open_secret_store(&passphrase).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %scrub_err(&e), "the recovery passphrase does not open the bot's secret storage");
+                return;
+            }
+        },
+        Ok(false) => {
+            match ss.create_secret_store().with_passphrase(&passphrase).await {
+                Ok(_) => info!("secret storage created with the recovery passphrase; cross-signing keys stored"),
+                Err(e) => warn!(error = %scrub_err(&e), "creating secret storage failed; retried at the next start"),
+            }
+            return;
+        }
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not read secret storage; retried at the next start");
+            return;
+        }
+    };
+    match store.get_secret(SecretName::CrossSigningMasterKey).await {
+        Ok(Some(_)) => debug!("cross-signing keys already in secret storage"),
+        _ => match store.export_secrets().await {
+            Ok(()) => info!("cross-signing keys stored in secret storage"),
+            Err(e) => warn!(error = %scrub_err(&e), "storing the cross-signing keys failed; retried at the next start"),
+        },
+    }
 }
 
 /// The saved session, opened with the store passphrase. A session an older

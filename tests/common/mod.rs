@@ -618,7 +618,7 @@ tags = ["advice", "referred", "other"]
         self.start_with(&[("INTAKE_BOT_TEST_CRASH_AT", point)]);
     }
 
-    fn start_with(&mut self, env: &[(&str, &str)]) {
+    pub fn start_with(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
