@@ -115,6 +115,15 @@ prompt = { en = "Tell us what happened, in a few words." }
     assert!(staff_notices.iter().any(|m| m.decrypted), "the counsellor reads the staff room");
     assert!(staff_notices.iter().all(|m| !m.body.contains(record_id)), "the record id in the staff room");
     assert!(!goodbye.contains(record_id), "the record id in the goodbye");
+    // Nor in the room's state (names and topics are not encrypted).
+    let state = v
+        .client
+        .send(matrix_sdk::ruma::api::client::state::get_state_events::v3::Request::new(room.clone()))
+        .await
+        .unwrap();
+    let state_json: Vec<String> = state.room_state.iter().map(|e| e.json().get().to_owned()).collect();
+    assert!(state_json.iter().any(|e| e.contains("m.room.member")), "the room's state was read");
+    assert!(state_json.iter().all(|e| !e.contains(record_id) && !e.contains(case_id)), "an id in the room state");
     assert!(log.contains("DEBUG") || log.contains("TRACE") || log.contains("INFO"));
     for (what, value) in &canaries {
         for (path, bytes) in &files {
