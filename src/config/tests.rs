@@ -190,3 +190,103 @@ fn room_names_carry_no_case_id() {
     assert!(p.iter().any(|l| l.starts_with("key `staff.room_name`")), "{p:?}");
     assert_eq!(Config::parse(MINIMAL).unwrap().staff.room_name, "Chat");
 }
+
+/// Runs `n` cases, or the count in `INTAKE_BOT_FUZZ_CASES` (a long run on
+/// request: docs/reliability.md).
+fn fuzz_cases(n: usize) -> usize {
+    std::env::var("INTAKE_BOT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(n)
+}
+
+/// Whether a config error tells the operator where: a key or a line.
+fn points_somewhere(e: &str) -> bool {
+    e.contains("key `") || e.contains("(line ") || e.contains("line ")
+}
+
+/// Checks one text: no panic, and every problem names a key or a line.
+fn check_config_text(text: &str) -> bool {
+    match Config::parse(text) {
+        Err(e) => {
+            assert!(points_somewhere(&e), "no key or line in: {e}\n--- text ---\n{text}");
+            false
+        }
+        Ok(c) => {
+            for p in c.validate() {
+                assert!(p.contains("key `") || p.contains("section `"), "no key in: {p}\n--- text ---\n{text}");
+            }
+            true
+        }
+    }
+}
+
+#[test]
+fn truncated_and_mutated_configs_never_panic_and_always_say_where() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let example = include_str!("../../config.example.toml");
+    // Every truncation point (on a char boundary) of the example.
+    let cuts: Vec<usize> = (0..=example.len()).filter(|i| example.is_char_boundary(*i)).collect();
+    // A sample in the suite; every point (and more) on request.
+    let n = fuzz_cases(1500);
+    let mut rng = StdRng::seed_from_u64(7);
+    let (mut parsed, mut refused) = (0usize, 0usize);
+    for i in 0..n {
+        let cut = if n >= cuts.len() { cuts[i % cuts.len()] } else { cuts[rng.gen_range(0..cuts.len())] };
+        if check_config_text(&example[..cut]) { parsed += 1 } else { refused += 1 }
+    }
+    // Random edits: a byte of TOML syntax, a digit or a quote put anywhere,
+    // or a line dropped or doubled.
+    let pieces = [
+        "\"",
+        "'",
+        "[",
+        "]",
+        "[[",
+        "=",
+        ",",
+        "{",
+        "}",
+        "#",
+        "\n",
+        "1",
+        "-1",
+        "99999999999999999999",
+        "é",
+        "\\",
+        "true",
+        " ",
+    ];
+    let lines: Vec<&str> = example.lines().collect();
+    for _ in 0..fuzz_cases(1500) {
+        let mut text = example.to_owned();
+        for _ in 0..rng.gen_range(1..4) {
+            match rng.gen_range(0..3) {
+                0 => {
+                    let at = cuts[rng.gen_range(0..cuts.len())].min(text.len());
+                    if text.is_char_boundary(at) {
+                        text.insert_str(at, pieces[rng.gen_range(0..pieces.len())]);
+                    }
+                }
+                1 => {
+                    let l = rng.gen_range(0..lines.len());
+                    text = lines
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| *i != l)
+                        .map(|(_, s)| *s)
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                }
+                _ => {
+                    let l = rng.gen_range(0..lines.len());
+                    let mut v = lines.clone();
+                    v.insert(l, lines[l]);
+                    text = v.join("\n");
+                }
+            }
+        }
+        if check_config_text(&text) { parsed += 1 } else { refused += 1 }
+    }
+    eprintln!("config fuzz: {parsed} texts accepted, {refused} refused, each refusal naming a key or a line");
+    // Both outcomes are reached: the check sees valid and invalid texts.
+    assert!(parsed > 0 && refused > 0, "parsed {parsed}, refused {refused}");
+}

@@ -384,7 +384,21 @@ fn random_event_sequences_never_panic_or_break_invariants() {
         "No",
     ];
     let (mut with_counsellor, mut closed_by_tag) = (0, 0);
-    for seed in 0..300u64 {
+    // 300 walks of 250 steps in the suite; `INTAKE_BOT_PROPTEST_SEEDS=4000`
+    // makes a million steps (docs/reliability.md).
+    let seeds: u64 = std::env::var("INTAKE_BOT_PROPTEST_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let n_questions = desk().settings.questions.len();
+    // Language, the questions, waiting, counsellor: a case moves one place at
+    // a time, never back, except a counsellor handing it back (`!transfer`,
+    // leaving).
+    let place = |s: &Step| match s {
+        Step::Language => 0,
+        Step::Question(i) => 1 + i,
+        Step::Waiting => 1 + n_questions,
+        Step::Counsellor => 2 + n_questions,
+    };
+    for seed in 0..seeds {
+        let mut recorded = std::collections::HashSet::new();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut d = desk();
         if seed % 2 == 0 {
@@ -430,8 +444,23 @@ fn random_event_sequences_never_panic_or_break_invariants() {
                 13 => Event::Staff { user, text: ["!available", "!away", "!status", "hi"][rng.gen_range(0..4)].into() },
                 _ => Event::Tick,
             };
+            let before: std::collections::HashMap<String, (String, Step)> =
+                d.cases.iter().map(|(k, c)| (k.clone(), (c.id.clone(), c.step))).collect();
             let out = d.handle(now, ev);
             check_invariants(&d);
+            for (k, c) in &d.cases {
+                if let Some((id, step)) = before.get(k).filter(|(id, _)| *id == c.id) {
+                    let (from, to) = (place(step), place(&c.step));
+                    let handed_back = *step == Step::Counsellor && c.step == Step::Waiting;
+                    assert!(to == from || to == from + 1 || handed_back, "case {id}: {step:?} -> {:?}", c.step);
+                }
+            }
+            for a in &out {
+                if let Action::Record { case_id, .. } = a {
+                    assert!(recorded.insert(case_id.clone()), "case {case_id} recorded twice");
+                    assert!(!d.cases.values().any(|c| &c.id == case_id), "case {case_id} recorded but still open");
+                }
+            }
             with_counsellor += d.cases.values().filter(|c| c.step == Step::Counsellor).count();
             closed_by_tag +=
                 out.iter().filter(|a| matches!(a, Action::Record { record: r, .. } if r.outcome == "advice")).count();
