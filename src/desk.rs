@@ -113,6 +113,10 @@ impl Desk {
     /// Handles one event at `now` and returns what to do, in order.
     pub fn handle(&mut self, now: i64, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
+        // Any change to routing made while handling the event (an accepted
+        // offer, a release at a close) is saved with it, not only the
+        // routing step's own.
+        let before = self.router.clone();
         match event {
             Event::Opened { key, case_id, record_id } => {
                 if !self.cases.contains_key(&key) {
@@ -168,7 +172,7 @@ impl Desk {
             Event::Staff { user, text } => self.staff_command(&user, &text, &mut out),
             Event::Tick => {}
         }
-        self.route(now, &mut out);
+        self.route(now, &before, &mut out);
         saves_first(out)
     }
 
@@ -422,8 +426,8 @@ impl Desk {
     }
 
     /// Runs routing and turns its decisions into actions.
-    fn route(&mut self, now: i64, out: &mut Vec<Action>) {
-        let before = self.router.clone();
+    /// Runs the routing step; saves routing if it differs from `before`.
+    fn route(&mut self, now: i64, before: &Router, out: &mut Vec<Action>) {
         let open = self.is_open(now);
         for r in self.router.step(now, open, &self.policy) {
             match r {
@@ -467,7 +471,7 @@ impl Desk {
                 }
             }
         }
-        if self.router != before && !out.contains(&Action::SaveRouter) {
+        if self.router != *before && !out.contains(&Action::SaveRouter) {
             out.push(Action::SaveRouter);
         }
     }
@@ -493,9 +497,10 @@ impl Desk {
     /// Ends an expired case (kept past the retention limit).
     pub fn expire(&mut self, key: &str, now: i64) -> Vec<Action> {
         let mut out = Vec::new();
+        let before = self.router.clone();
         self.end(key, now, tags::EXPIRED, None, &mut out);
-        self.route(now, &mut out);
-        out
+        self.route(now, &before, &mut out);
+        saves_first(out)
     }
 
     /// Ends a case that may not run because its room is not encrypted.

@@ -73,11 +73,9 @@ struct Seen {
 
 /// The question number in a "(n/6)" message.
 fn question_of(body: &str) -> Option<usize> {
-    let start = body.find('(')?;
-    let rest = &body[start + 1..];
-    let (n, total) = rest.split_once('/')?;
-    total.starts_with("6)").then_some(())?;
-    n.parse().ok()
+    let end = body.find("/6)")?;
+    let start = body[..end].rfind('(')?;
+    body[start + 1..end].parse().ok()
 }
 
 /// Kills and restarts the bot after `delay`, and waits for it to be online.

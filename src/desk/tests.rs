@@ -617,3 +617,40 @@ fn a_restart_reconciles_routing_with_the_cases() {
     // Nothing more to fix the second time.
     assert_eq!(restarted.reconcile(12).0, Reconciled::default());
 }
+
+/// A restart rebuilds the desk from what was saved: the cases and the
+/// routing as the last actions left them.
+fn restarted(d: &Desk, saved_router: &Router) -> Desk {
+    Desk::new(
+        Setup { settings: d.settings.clone(), policy: d.policy, hours: None },
+        d.cases.clone(),
+        saved_router.clone(),
+    )
+}
+
+/// Found by the chaos soak: the counsellor's join changed routing (the
+/// offer accepted) without saving it, so after a kill -9 right after the
+/// join the case had a counsellor the routing did not know, and their
+/// `!close` was ignored.
+#[test]
+fn routing_changes_made_by_an_event_are_saved_with_it() {
+    let mut d = desk();
+    let mut saved = d.router.clone();
+    let mut apply = |d: &mut Desk, out: &[Action], saved: &mut Router| {
+        if out.contains(&Action::SaveRouter) {
+            *saved = d.router.clone();
+        }
+    };
+    let out = d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    apply(&mut d, &out, &mut saved);
+    for a in intake(&mut d, "k", 1) {
+        apply(&mut d, &[a], &mut saved);
+    }
+    let out = d.handle(2, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    assert!(out.contains(&Action::SaveRouter), "the accepted offer is saved: {out:?}");
+    apply(&mut d, &out, &mut saved);
+    let mut after = restarted(&d, &saved);
+    let out = after.handle(3, Event::CounsellorText { key: "k".into(), user: A.into(), text: "!close advice".into() });
+    assert_eq!(record(&out).map(|r| r.outcome.as_str()), Some("advice"), "{out:?}");
+    assert!(out.contains(&Action::SaveRouter), "the release is saved: {out:?}");
+}

@@ -622,7 +622,10 @@ tags = ["advice", "referred", "other"]
         assert!(self.child.is_none(), "already running");
         self.starts += 1;
         let log = OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_intake-bot"))
+        // INTAKE_BOT_TEST_BIN: a frozen copy for long runs (the chaos soak),
+        // so that building meanwhile does not change the bot under test.
+        let bin = std::env::var_os("INTAKE_BOT_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_intake-bot").into());
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&self.config)
             .arg("run")
