@@ -636,7 +636,7 @@ fn restarted(d: &Desk, saved_router: &Router) -> Desk {
 fn routing_changes_made_by_an_event_are_saved_with_it() {
     let mut d = desk();
     let mut saved = d.router.clone();
-    let mut apply = |d: &mut Desk, out: &[Action], saved: &mut Router| {
+    let apply = |d: &mut Desk, out: &[Action], saved: &mut Router| {
         if out.contains(&Action::SaveRouter) {
             *saved = d.router.clone();
         }
