@@ -66,7 +66,23 @@ pub(crate) fn identity_file(data_dir: &Path) -> PathBuf {
     data_dir.join("identity.sealed")
 }
 
+/// One write waiting for the next [`Store::flush`].
+#[derive(Debug, Clone)]
+enum Write {
+    /// A case in progress: saved (`Some`) or deleted (`None`).
+    Case(String, Option<Vec<u8>>),
+    /// A key of the `meta` tree: set or removed.
+    Meta(&'static [u8], Option<Vec<u8>>),
+    /// An outcome record; the first write of a record id wins.
+    Record(String, Vec<u8>),
+}
+
 /// An open store; holds the directory lock for its lifetime.
+///
+/// Writes are staged in memory and reach the disk together at the next
+/// [`Store::flush`], in one sled transaction over the trees: the cases,
+/// the routing, the records and each case's handled-event marks that one
+/// batch of events produced are durable all together or not at all.
 pub struct Store {
     db: sled::Db,
     cases: sled::Tree,
@@ -75,6 +91,8 @@ pub struct Store {
     /// Seals case and routing values; `None` for `stats` and `export`,
     /// which read only the outcome records.
     sealer: Option<Sealer>,
+    /// Writes not yet flushed, in order.
+    staged: std::sync::Mutex<Vec<Write>>,
     _lock: File,
 }
 
@@ -152,6 +170,7 @@ impl Store {
             meta,
             db,
             sealer: None,
+            staged: std::sync::Mutex::default(),
             _lock: lock,
         })
     }
@@ -199,15 +218,20 @@ impl Store {
         Ok(out)
     }
 
-    /// Saves a case in progress under its key (not yet flushed).
+    fn stage(&self, w: Write) {
+        // A poisoned lock only means a panic elsewhere: the list is intact.
+        self.staged.lock().unwrap_or_else(|e| e.into_inner()).push(w);
+    }
+
+    /// Saves a case in progress under its key (at the next flush).
     pub(crate) fn save_case(&self, key: &str, case: &Case) -> Result<()> {
-        self.cases.insert(key.as_bytes(), self.seal(&serde_json::to_vec(case)?)?).context("saving case")?;
+        self.stage(Write::Case(key.to_owned(), Some(self.seal(&serde_json::to_vec(case)?)?)));
         Ok(())
     }
 
-    /// Deletes a finished case's state.
+    /// Deletes a finished case's state (at the next flush).
     pub(crate) fn delete_case(&self, key: &str) -> Result<()> {
-        self.cases.remove(key.as_bytes()).context("deleting case")?;
+        self.stage(Write::Case(key.to_owned(), None));
         Ok(())
     }
 
@@ -221,7 +245,7 @@ impl Store {
 
     /// Saves the routing state (not yet flushed).
     pub(crate) fn save_router(&self, r: &Router) -> Result<()> {
-        self.meta.insert(ROUTER_KEY, self.seal(&serde_json::to_vec(r)?)?).context("saving routing state")?;
+        self.stage(Write::Meta(ROUTER_KEY, Some(self.seal(&serde_json::to_vec(r)?)?)));
         Ok(())
     }
 
@@ -238,29 +262,30 @@ impl Store {
         }
     }
 
-    /// Keeps the earliest of the saved due time and `at` (not yet flushed).
+    /// Sets the due time (at the next flush); the caller keeps the earliest.
     pub(crate) fn note_forget_due(&self, at: i64) -> Result<()> {
-        if self.forget_due()?.is_some_and(|due| due <= at) {
-            return Ok(());
-        }
-        self.meta.insert(FORGET_KEY, self.seal(at.to_string().as_bytes())?).context("saving forget_due")?;
+        self.stage(Write::Meta(FORGET_KEY, Some(self.seal(at.to_string().as_bytes())?)));
         Ok(())
     }
 
     /// Clears the due time once the device has been replaced.
     pub(crate) async fn clear_forget_due(&self) -> Result<()> {
-        self.meta.remove(FORGET_KEY).context("clearing forget_due")?;
+        self.stage(Write::Meta(FORGET_KEY, None));
         self.flush().await
     }
 
-    /// Writes an outcome record and flushes it to disk before returning.
-    /// Writing the same case twice keeps the first record.
-    pub async fn record(&self, r: &OutcomeRecord) -> Result<()> {
-        let v = serde_json::to_vec(r)?;
-        let _ =
-            self.outcomes.compare_and_swap(r.record.as_bytes(), None::<&[u8]>, Some(v)).context("writing outcome")?;
-        self.db.flush_async().await.context("flushing outcome")?;
+    /// Stages an outcome record for the next flush, with the rest of its
+    /// event. Writing the same record id twice keeps the first record.
+    pub(crate) fn stage_record(&self, r: &OutcomeRecord) -> Result<()> {
+        self.stage(Write::Record(r.record.clone(), serde_json::to_vec(r)?));
         Ok(())
+    }
+
+    /// Writes an outcome record (and whatever else is staged) to disk
+    /// before returning.
+    pub async fn record(&self, r: &OutcomeRecord) -> Result<()> {
+        self.stage_record(r)?;
+        self.flush().await
     }
 
     /// All outcome records, ordered by week then case id.
@@ -274,8 +299,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Makes every write so far durable.
+    /// Makes every staged write durable, all in one transaction. On an
+    /// error nothing of it is applied and the writes stay staged, so a
+    /// retry writes the same.
     pub async fn flush(&self) -> Result<()> {
+        use sled::Transactional;
+        use sled::transaction::ConflictableTransactionError;
+        let writes = std::mem::take(&mut *self.staged.lock().unwrap_or_else(|e| e.into_inner()));
+        if !writes.is_empty() {
+            let applied = (&self.cases, &self.meta, &self.outcomes).transaction(|(cases, meta, outcomes)| {
+                for w in &writes {
+                    match w {
+                        Write::Case(k, Some(v)) => drop(cases.insert(k.as_bytes(), v.as_slice())?),
+                        Write::Case(k, None) => drop(cases.remove(k.as_bytes())?),
+                        Write::Meta(k, Some(v)) => drop(meta.insert(*k, v.as_slice())?),
+                        Write::Meta(k, None) => drop(meta.remove(*k)?),
+                        Write::Record(k, v) => {
+                            if outcomes.get(k.as_bytes())?.is_none() {
+                                outcomes.insert(k.as_bytes(), v.as_slice())?;
+                            }
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+            if let Err(e) = applied {
+                let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+                let later = std::mem::replace(&mut *staged, writes);
+                staged.extend(later);
+                return Err(anyhow::anyhow!("writing the store failed: {e:?}"));
+            }
+        }
         self.db.flush_async().await.context("flushing store")?;
         Ok(())
     }
@@ -490,9 +544,10 @@ mod tests {
             s.save_case("key1", &case).unwrap();
             s.save_router(&router).unwrap();
             s.note_forget_due(1_764_009_999).unwrap();
-            s.note_forget_due(1_764_099_999).unwrap();
+            // Staged: nothing on disk or readable before the flush.
+            assert!(s.cases.is_empty() && s.forget_due().unwrap().is_none());
             s.flush().await.unwrap();
-            assert_eq!(s.forget_due().unwrap(), Some(1_764_009_999), "the earliest due time is kept");
+            assert_eq!(s.forget_due().unwrap(), Some(1_764_009_999));
         }
         let disk = all_bytes(dir.path());
         for planted in ["CASEID7", "1764000123", "1764000456", "1764009999", "counsellor-planted"] {
@@ -529,7 +584,52 @@ mod tests {
         assert_eq!(cases.get("k").map(|c| c.id.as_str()), Some("OLDCASE"));
         assert!(s.load_router().unwrap().is_some());
         s.save_case("k", &cases["k"]).unwrap();
+        s.flush().await.unwrap();
         assert!(s.cases.get(b"k").unwrap().unwrap().starts_with(SEALED));
+    }
+
+    #[tokio::test]
+    async fn staged_writes_land_together_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::intake::testing::settings_with(&["en"]);
+        let (case, _) = Case::start(&settings, "C1".into(), 1);
+        let s = Store::open(dir.path(), true).unwrap().sealed_with(Sealer::from_secret("p"));
+        let mut rec = OutcomeRecord {
+            record: "r1".into(),
+            week: "2026-W48".into(),
+            language: "en".into(),
+            answers: BTreeMap::new(),
+            urgent: false,
+            intake_completed: true,
+            counsellor_joined: true,
+            wait: "none".into(),
+            duration: "<5m".into(),
+            outcome: "advice".into(),
+            step_reached: None,
+        };
+        // One event: the case saved as closing, its record, its deletion.
+        s.save_case("k", &case).unwrap();
+        s.stage_record(&rec).unwrap();
+        s.delete_case("k").unwrap();
+        s.save_router(&Router::default()).unwrap();
+        assert!(s.outcomes().unwrap().is_empty(), "nothing before the flush");
+        s.flush().await.unwrap();
+        assert_eq!(s.outcomes().unwrap(), vec![rec.clone()]);
+        assert!(s.load_cases().unwrap().is_empty(), "the deletion came after the save");
+        assert!(s.load_router().unwrap().is_some());
+        // The first record of an id wins, also within a later batch.
+        rec.outcome = "other".into();
+        s.record(&rec).await.unwrap();
+        assert_eq!(s.outcomes().unwrap()[0].outcome, "advice");
+        // Without the passphrase nothing is staged at all.
+        let plain = reopen_after(s, dir.path());
+        assert!(plain.save_case("k2", &case).is_err());
+        assert!(plain.staged.lock().unwrap().is_empty());
+    }
+
+    fn reopen_after(s: Store, dir: &Path) -> Store {
+        drop(s);
+        reopen(dir)
     }
 
     #[test]

@@ -246,7 +246,7 @@ impl Worker {
                 // The record is durable before anything is visible: a stop
                 // right after the explanation must not lose it.
                 let rec = self.desk.refuse_unencrypted(now(), case_id.clone(), new_record_id());
-                self.record(&case_id, rec).await;
+                self.record(&case_id, rec);
                 let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
                 let guard = Some(self.counsellors.clone());
                 let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);

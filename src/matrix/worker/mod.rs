@@ -698,7 +698,7 @@ impl Worker {
                     self.dirty = true;
                 }
                 Action::Record { case_id, record } => {
-                    self.record(&case_id, record).await;
+                    self.record(&case_id, record);
                     crash_point("recorded").await;
                 }
                 Action::MarkClosing { key, case } => {
@@ -802,16 +802,19 @@ impl Worker {
     /// Writes an outcome record; logs by case id, never the record's id.
     /// A failure stops the case's goodbye and leaving (see `fatal`): the
     /// case is stored as closing, so the restart writes the record again.
-    async fn record(&mut self, case_id: &str, mut rec: OutcomeRecord) {
+    fn record(&mut self, case_id: &str, mut rec: OutcomeRecord) {
         if rec.record.is_empty() {
             // A case saved before cases carried their record id.
             rec.record = admission::new_record_id();
         }
+        // Staged with the rest of the event; durable at the commit, before
+        // anything of it is visible.
         let written = if fail_point("record-fails") {
             Err(anyhow::anyhow!("failpoint: the record write fails"))
         } else {
-            self.store.record(&rec).await
+            self.store.stage_record(&rec)
         };
+        self.dirty = true;
         if let Err(e) = &written {
             self.fatal.get_or_insert_with(|| format!("writing an outcome record failed: {e:#}"));
         }
