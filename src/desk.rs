@@ -170,6 +170,12 @@ impl Desk {
             }
             Event::CounsellorText { key, user, text } => self.case_command(&key, &user, &text, now, &mut out),
             Event::Staff { user, text } => self.staff_command(&user, &text, &mut out),
+            Event::SummaryPosted { key } => {
+                if let Some(c) = self.cases.get_mut(&key).filter(|c| !c.summary_posted) {
+                    c.summary_posted = true;
+                    out.push(Action::SaveCase { key });
+                }
+            }
             Event::Tick => {}
         }
         self.route(now, &before, &mut out);
@@ -487,6 +493,21 @@ impl Desk {
             _ => None,
         };
         routing.into_iter().chain(opening).min()
+    }
+
+    /// After a restart: the summary again for each case whose counsellor
+    /// joined but whose summary the homeserver had not taken when the bot
+    /// stopped (free text the visitor wrote is gone with the old process:
+    /// the summary says so).
+    pub fn resume_summaries(&mut self) -> Vec<Action> {
+        let mut out = Vec::new();
+        for (key, case) in &self.cases {
+            if case.step == Step::Counsellor && !case.summary_posted && case.closing.is_none() {
+                let s = crate::intake::summary(&self.settings, case);
+                out.push(Action::Brief { key: key.clone(), text: s.plain, html: s.html });
+            }
+        }
+        out
     }
 
     /// Cases in progress older than `max_age_secs`: their keys, for expiry.

@@ -24,6 +24,8 @@ pub enum Event {
     CounsellorText { key: String, user: String, text: String },
     /// Text in the staff room.
     Staff { user: String, text: String },
+    /// The homeserver took the intake summary for a case's counsellor.
+    SummaryPosted { key: String },
     /// Time passed.
     Tick,
 }
@@ -42,6 +44,7 @@ impl Event {
             Event::CounsellorLeft { .. } => "counsellor_left",
             Event::CounsellorText { .. } => "counsellor_text",
             Event::Staff { .. } => "staff_text",
+            Event::SummaryPosted { .. } => "summary_posted",
             Event::Tick => "tick",
         }
     }
@@ -55,7 +58,8 @@ impl Event {
             | Event::Intruder { key }
             | Event::CounsellorJoined { key, .. }
             | Event::CounsellorLeft { key, .. }
-            | Event::CounsellorText { key, .. } => Some(key),
+            | Event::CounsellorText { key, .. }
+            | Event::SummaryPosted { key } => Some(key),
             Event::Staff { .. } | Event::Tick => None,
         }
     }

@@ -654,3 +654,32 @@ fn routing_changes_made_by_an_event_are_saved_with_it() {
     assert_eq!(record(&out).map(|r| r.outcome.as_str()), Some("advice"), "{out:?}");
     assert!(out.contains(&Action::SaveRouter), "the release is saved: {out:?}");
 }
+
+/// Found by the chaos soak: killed right after a counsellor joined, before
+/// the summary went out, the restart never posted it; the counsellor had
+/// nothing to go on.
+#[test]
+fn a_summary_not_taken_by_the_homeserver_is_posted_again_after_a_restart() {
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    intake(&mut d, "k", 1);
+    let out = d.handle(2, Event::CounsellorJoined { key: "k".into(), user: A.into() });
+    assert!(out.iter().any(|a| matches!(a, Action::Brief { .. })), "{out:?}");
+    // Killed before the sender said the summary went out.
+    let mut after = restarted(&d, &d.router);
+    let again = after.resume_summaries();
+    assert!(
+        matches!(again.as_slice(), [Action::Brief { key, text, .. }] if key == "k" && text.contains("New chat (case id-k)")),
+        "{again:?}"
+    );
+    // Once it went out, a restart leaves it.
+    let out = after.handle(3, Event::SummaryPosted { key: "k".into() });
+    assert_eq!(out, vec![Action::SaveCase { key: "k".into() }]);
+    assert!(restarted(&after, &after.router).resume_summaries().is_empty());
+    assert!(after.handle(4, Event::SummaryPosted { key: "k".into() }).is_empty(), "said once");
+    // Cases saved before the flag existed count as posted.
+    let mut old = serde_json::to_value(&after.cases["k"]).unwrap();
+    old.as_object_mut().unwrap().remove("summary_posted");
+    let old: Case = serde_json::from_value(old).unwrap();
+    assert!(old.summary_posted);
+}

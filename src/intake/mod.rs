@@ -188,6 +188,11 @@ pub struct Case {
     /// Whether the visitor was already asked to resend an unreadable message.
     #[serde(default)]
     pub resend_asked: bool,
+    /// Whether the homeserver took the summary for the counsellor who
+    /// joined (a restart posts it again otherwise). Cases saved by older
+    /// builds count as posted.
+    #[serde(default = "posted")]
+    pub summary_posted: bool,
     /// Whether the visitor was told their waiting messages will be read.
     #[serde(default)]
     pub waiting_note_sent: bool,
@@ -293,6 +298,7 @@ impl Case {
             queued_at: None,
             joined_at: None,
             resend_asked: false,
+            summary_posted: false,
             waiting_note_sent: false,
             flood: Flood::default(),
             seen: Default::default(),
@@ -489,6 +495,7 @@ impl Case {
     /// for the visitor. Clears the in-memory texts once they are handed over.
     pub fn counsellor_joined(&mut self, s: &Settings, now: i64) -> (Rich, String) {
         self.step = Step::Counsellor;
+        self.summary_posted = false;
         if !self.counsellor_joined {
             self.counsellor_joined = true;
             self.joined_at = Some(now);
@@ -498,6 +505,10 @@ impl Case {
         self.waiting_messages.clear();
         (summary, s.say(self.lang(), TextKey::CounsellorJoined, &[]))
     }
+}
+
+fn posted() -> bool {
+    true
 }
 
 /// The numbered language menu, its prompt in every configured language.

@@ -203,6 +203,9 @@ pub struct Worker {
     redact_at_close: bool,
     /// Whether an idle-account sweep is running.
     idle_sweep: Arc<std::sync::atomic::AtomicBool>,
+    /// Case keys whose summary went out (from the rooms' senders).
+    acks_tx: mpsc::UnboundedSender<String>,
+    acks_rx: Option<mpsc::UnboundedReceiver<String>>,
     /// `privacy.forget_after_minutes`, in seconds.
     forget_after_secs: i64,
     /// When the device is due to be replaced (see [`WorkerEnd`]).
@@ -254,6 +257,7 @@ impl Worker {
         };
         let (prepared_tx, prepared_rx) = mpsc::channel(64);
         let forget_due = store.forget_due()?;
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
         Ok(Worker {
             desk: Desk::new(setup, cases, router),
             store,
@@ -292,6 +296,8 @@ impl Worker {
             forget_after_secs: i64::try_from(config.privacy.forget_after_minutes)
                 .map_or(i64::MAX, |m| m.saturating_mul(60)),
             forget_due,
+            acks_tx,
+            acks_rx: Some(acks_rx),
             fatal: None,
         })
     }
@@ -422,6 +428,7 @@ impl Worker {
     /// replaced), then flushes the store.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Inbound>, mut stop: watch::Receiver<bool>) -> Result<WorkerEnd> {
         let mut prepared_rx = self.prepared_rx.take().expect("run is called once");
+        let mut acks_rx = self.acks_rx.take().expect("run is called once");
         self.learn_visitors().await;
         if let Some(p) = &self.purger {
             p.resume().await;
@@ -443,6 +450,12 @@ impl Worker {
         self.check_fatal()?;
         self.backfill().await;
         self.resume_members().await;
+        let briefs = self.desk.resume_summaries();
+        if !briefs.is_empty() {
+            info!(cases = briefs.len(), "summaries the homeserver had not taken before the restart: posted again");
+            self.execute(briefs).await;
+            self.commit().await;
+        }
         leave_leftover_rooms(leftovers).await;
         self.sweep().await;
         // Deadlines that passed while the bot was down fire now.
@@ -477,6 +490,7 @@ impl Worker {
                     None => break,
                 },
                 Some((room, verdict)) = prepared_rx.recv() => self.prepared(room, verdict).await,
+                Some(key) = acks_rx.recv() => self.dispatch(Event::SummaryPosted { key }).await,
                 _ = tokio::time::sleep(wait) => self.dispatch(Event::Tick).await,
                 _ = sweep.tick() => self.sweep().await,
                 _ = idle_accounts.tick() => self.sweep_idle_accounts(),
@@ -659,7 +673,10 @@ impl Worker {
             match a {
                 Action::Say { key, text } => self.pending.push((Target::Case(key), Job::Say(text))),
                 Action::Warn { key, text } => self.pending.push((Target::Case(key), Job::Warn(text))),
-                Action::Brief { key, text, html } => self.pending.push((Target::Case(key), Job::Html(text, html))),
+                Action::Brief { key, text, html } => {
+                    self.pending.push((Target::Case(key.clone()), Job::Html(text, html)));
+                    self.pending.push((Target::Case(key.clone()), Job::Ack(key, self.acks_tx.clone())));
+                }
                 Action::Staff { text } => self.pending.push((Target::Staff, staff_notice(text))),
                 Action::Invite { key, user } => match UserId::parse(user.as_str()) {
                     Ok(uid) => {

@@ -40,6 +40,8 @@ pub(super) enum Job {
     Warn(String),
     /// A notice with an HTML body and its plain fallback (for counsellors).
     Html(String, String),
+    /// Tells the worker (by case key) that the message before it went out.
+    Ack(String, mpsc::UnboundedSender<String>),
     /// Fetch a user's device keys now, before what follows is encrypted.
     RefreshKeys(OwnedUserId),
     /// Offer the case to a counsellor, first naming the room (if given).
@@ -170,6 +172,8 @@ pub(super) fn spawn_sender(
         let mut next: Option<Job> = None;
         // The last message this room was sent: the goodbye, at the end.
         let mut last_sent: Option<OwnedEventId> = None;
+        // Whether the last message job went out.
+        let mut last_ok = false;
         loop {
             let job = match next.take() {
                 Some(job) => job,
@@ -180,6 +184,7 @@ pub(super) fn spawn_sender(
             };
             match job {
                 Job::Say(_) | Job::Html(..) => {
+                    last_ok = false;
                     hold(&gate, &case).await;
                     // Messages queued meanwhile (behind the gate or a slow
                     // send) go out with this one.
@@ -197,7 +202,14 @@ pub(super) fn spawn_sender(
                         continue;
                     }
                     if let Some(content) = job.content() {
-                        last_sent = send(&room, &case, content).await.or(last_sent);
+                        let sent = send(&room, &case, content).await;
+                        last_ok = sent.is_some();
+                        last_sent = sent.or(last_sent);
+                    }
+                }
+                Job::Ack(key, to) => {
+                    if last_ok {
+                        let _ = to.send(key);
                     }
                 }
                 Job::Warn(_) => {
@@ -427,6 +439,7 @@ mod tests {
                     Job::Withdraw(_) => "Withdraw".into(),
                     Job::RefreshKeys(_) => "RefreshKeys".into(),
                     Job::Leave { .. } => "Leave".into(),
+                    Job::Ack(..) => "Ack".into(),
                 };
                 format!("{t}:{j}")
             })
