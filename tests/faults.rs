@@ -282,6 +282,41 @@ async fn a_crash_between_the_intake_and_the_invite_still_brings_a_counsellor() {
     close_with_one_record(&mut s, &room).await;
 }
 
+/// Found by the chaos soak: killed after the offer was stored but before
+/// the invite went out, the offer lapsed only at its deadline (two minutes
+/// of a visitor waiting for nobody). Now the restart sends the invite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_offer_was_stored_sends_the_invite_at_the_restart() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    restart_crashing_at(&mut s, "invite-committed").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room).await;
+    crashed_then_restart(&mut s).await;
+    // Within the test timeout (60 s), well before the offer's 120 s deadline.
+    s.counsellor_takes(&room).await;
+    assert!(s.bot.log_text().contains("invites not sent before the restart: sent now"));
+    close_with_one_record(&mut s, &room).await;
+}
+
+/// Found by the chaos soak: killed after the counsellor's join was stored
+/// but before the summary went out, the counsellor never got it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_summary_went_out_posts_it_at_the_restart() {
+    let mut s = Scene::new(1, &["en"], 120, "").await;
+    s.staff(0, "!available", "You are available").await;
+    restart_crashing_at(&mut s, "summary-committed").await;
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    answer_all(&s, &room).await;
+    let c = &s.counsellors[0];
+    assert_eq!(c.wait_invite().await, room);
+    c.join(&room).await;
+    crashed_then_restart(&mut s).await;
+    s.counsellors[0].expect(&room, "New chat").await;
+    assert!(s.bot.log_text().contains("summaries the homeserver had not taken before the restart: posted again"));
+    close_with_one_record(&mut s, &room).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_the_counsellor_joined_keeps_the_join() {
     let mut s = Scene::new(1, &["en"], 120, "").await;

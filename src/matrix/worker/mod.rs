@@ -342,6 +342,33 @@ impl Worker {
         self.commit().await;
     }
 
+    /// After a restart: an offer the routing holds whose invite never went
+    /// out (killed between the commit and the send) is invited now, not
+    /// left to lapse at its deadline. A counsellor the room already lists
+    /// as invited or joined is left alone.
+    async fn resume_offers(&mut self) {
+        use matrix_sdk::ruma::events::room::member::MembershipState;
+        let mut resent = 0usize;
+        for (key, offer) in self.desk.router.offers.clone() {
+            let (Some(room), Ok(uid)) = (self.rooms.get(&key), UserId::parse(offer.counsellor.as_str())) else {
+                continue;
+            };
+            let there = match room.get_member_no_sync(&uid).await {
+                Ok(Some(m)) => matches!(m.membership(), MembershipState::Invite | MembershipState::Join),
+                _ => false,
+            };
+            if !there {
+                let name = (!self.room_name.is_empty()).then(|| self.room_name.clone());
+                self.pending.push((Target::Case(key), Job::Invite(uid, name)));
+                resent += 1;
+            }
+        }
+        if resent > 0 {
+            info!(offers = resent, "invites not sent before the restart: sent now");
+            self.commit().await;
+        }
+    }
+
     /// At start: the rooms the bot is in that hold no case (a finished
     /// case whose leave was cut off, a refused room), the staff room aside.
     fn leftover_rooms(&self) -> Vec<Room> {
@@ -450,6 +477,7 @@ impl Worker {
         self.check_fatal()?;
         self.backfill().await;
         self.resume_members().await;
+        self.resume_offers().await;
         let briefs = self.desk.resume_summaries();
         if !briefs.is_empty() {
             info!(cases = briefs.len(), "summaries the homeserver had not taken before the restart: posted again");
@@ -758,6 +786,13 @@ impl Worker {
             self.pending.clear();
             error!(dropped, "a store write failed: nothing more is sent; stopping for a restart");
             return;
+        }
+        // Failpoints for the crash tests: durable, not yet sent.
+        if self.pending.iter().any(|(_, j)| matches!(j, Job::Invite(..))) {
+            crash_point("invite-committed").await;
+        }
+        if self.pending.iter().any(|(t, j)| matches!((t, j), (Target::Case(_), Job::Html(..)))) {
+            crash_point("summary-committed").await;
         }
         self.update_metrics();
         for (target, job) in coalesce(std::mem::take(&mut self.pending)) {
