@@ -425,6 +425,7 @@ async fn a_lost_data_dir_comes_back_with_the_same_identity_from_the_recovery_pas
     c.expect(&s.staff_room, "intake-bot is online").await;
     let log = s.bot.log_text();
     assert!(log.contains("the bot's identity restored from secret storage"), "identity not restored");
+    assert!(log.contains("the bot's old devices deleted on the homeserver"), "the lost device was left listed");
     let deadline = std::time::Instant::now() + common::TIMEOUT;
     loop {
         c.client.encryption().request_user_identity(&bot).await.unwrap();
@@ -440,4 +441,35 @@ async fn a_lost_data_dir_comes_back_with_the_same_identity_from_the_recovery_pas
     assert_eq!(identity.master_key(), &master, "the bot's identity changed");
     // The new device reads the staff room.
     s.staff(0, "!status", "Available counsellors").await;
+}
+
+/// A kill in the middle of the device change (privacy rule 6), after the
+/// old session was dropped and before the old device was logged out: the
+/// next start finishes the change, with the same identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_change_cut_off_midway_is_finished_at_the_next_start() {
+    let mut s = Scene::new(1, &["en"], 120, "[privacy]\nforget_after_minutes = 0\n").await;
+    let c = &s.counsellors[0];
+    let bot: matrix_sdk::ruma::OwnedUserId = s.bot.user_id.as_str().try_into().unwrap();
+    c.client.encryption().request_user_identity(&bot).await.unwrap();
+    let master = c.client.encryption().get_user_identity(&bot).await.unwrap().expect("identity").master_key().clone();
+    restart_crashing_at(&mut s, "device-change").await;
+    // A short case: the visitor stops at once.
+    let room = s.visitor.open_dm(&s.bot.user_id).await;
+    s.visitor.expect(&room, "(1/6)").await;
+    s.visitor.send(&room, "stop").await;
+    s.visitor.expect(&room, "ended").await;
+    // Idle after it: the change starts and is cut off.
+    crashed_then_restart(&mut s).await;
+    let log = s.bot.log_text();
+    assert!(log.contains("finishing an interrupted device change"), "the next start did not finish the change");
+    assert!(log.contains("new device signed with the bot's cross-signing identity"), "identity not kept");
+    let c = &s.counsellors[0];
+    c.client.encryption().request_user_identity(&bot).await.unwrap();
+    let identity = c.client.encryption().get_user_identity(&bot).await.unwrap().expect("identity");
+    assert_eq!(identity.master_key(), &master, "the bot's identity changed");
+    assert!(log.contains("the bot's old devices deleted on the homeserver"), "the old device was left listed");
+    s.staff(0, "!status", "Available counsellors").await;
+    s.bot.stop();
+    assert_eq!(s.bot.export().len(), 1, "the case's record");
 }

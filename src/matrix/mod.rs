@@ -192,10 +192,17 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     let store = Store::open(&config.storage.data_dir, true)?
         .sealed_with(crate::store::Sealer::from_secret(&secrets.store_passphrase));
     debug!("state store open");
+    // A device change cut off after its session was dropped: this start
+    // finishes it (`session::connect`), and it need not run again.
+    let finishing_change = !crate::store::session_file(&config.storage.data_dir).exists()
+        && crate::store::identity_file(&config.storage.data_dir).exists();
     let (client, fresh_login) = tokio::select! {
         r = session::connect(&config, &secrets) => r?,
         () = &mut shutdown => return stopped_while_starting(),
     };
+    if finishing_change {
+        store.clear_forget_due().await?;
+    }
     let staff_room: OwnedRoomId =
         config.staff.room.as_str().try_into().map_err(|_| anyhow::anyhow!("key `staff.room`: not a valid room id"))?;
     let metrics = crate::metrics::Metrics::new();

@@ -23,8 +23,14 @@ use matrix_sdk_crypto::types::SecretsBundle;
 pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool)> {
     let data_dir = &config.storage.data_dir;
     let matrix_dir = store::matrix_dir(data_dir);
-    store::create_private_dir(&matrix_dir)?;
     let session_path = store::session_file(data_dir);
+    if !session_path.exists() && store::identity_file(data_dir).exists() && matrix_dir.exists() {
+        // A device change was cut off after the old session was dropped:
+        // the old device's store goes, as the change would have done.
+        warn!("finishing an interrupted device change: removing the old device's store");
+        std::fs::remove_dir_all(&matrix_dir).with_context(|| format!("removing {}", matrix_dir.display()))?;
+    }
+    store::create_private_dir(&matrix_dir)?;
     let client = Client::builder()
         .homeserver_url(&config.matrix.homeserver_url)
         .sqlite_store(&matrix_dir, Some(&secrets.store_passphrase))
@@ -64,7 +70,43 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     } else if let Some(pass) = &secrets.recovery_passphrase {
         restore_identity(&client, pass).await;
     }
+    delete_other_devices(&client, &config.matrix.user_id, &secrets.password).await;
     Ok((client, true))
+}
+
+/// After a fresh login: deletes the bot account's other devices (a device
+/// change cut off before its logout, a lost or stolen `data_dir`), so that
+/// nobody encrypts for a device whose keys may be in someone else's hands.
+/// The bot's account is the bot's alone. Failures are logged, not fatal.
+async fn delete_other_devices(client: &Client, user_id: &str, password: &str) {
+    use matrix_sdk::ruma::api::client::uiaa;
+    let own = client.device_id().map(ToOwned::to_owned);
+    let others: Vec<_> = match client.devices().await {
+        Ok(r) => r.devices.into_iter().map(|d| d.device_id).filter(|d| Some(d) != own.as_ref()).collect(),
+        Err(e) => {
+            warn!(error = %scrub_err(&e), "could not list the bot's devices");
+            return;
+        }
+    };
+    if others.is_empty() {
+        return;
+    }
+    let result = match client.delete_devices(&others, None).await {
+        Err(e) if e.as_uiaa_response().is_some() => {
+            let session = e.as_uiaa_response().and_then(|i| i.session.clone());
+            let mut auth = uiaa::Password::new(
+                uiaa::UserIdentifier::Matrix(uiaa::MatrixUserIdentifier::new(user_id.to_owned())),
+                password.to_owned(),
+            );
+            auth.session = session;
+            client.delete_devices(&others, Some(uiaa::AuthData::Password(auth))).await.map(drop)
+        }
+        other => other.map(drop),
+    };
+    match result {
+        Ok(()) => info!(devices = others.len(), "the bot's old devices deleted on the homeserver"),
+        Err(e) => warn!(error = %scrub_err(&e), "deleting the bot's old devices failed; they stay listed"),
+    }
 }
 
 /// A fresh login with a recovery passphrase (a lost `data_dir`): the
@@ -256,15 +298,18 @@ pub async fn replace_device(
     };
     write_private(&store::identity_file(data_dir), &sealer.seal(&serde_json::to_vec(&bundle)?))?;
     drop(bundle);
+    // From here a start without a session finishes the change (`connect`):
+    // a kill at any point leaves a state the next start can go on from.
+    let session_path = store::session_file(data_dir);
+    if session_path.exists() {
+        std::fs::remove_file(&session_path).with_context(|| format!("removing {}", session_path.display()))?;
+    }
+    super::worker::crash_point("device-change").await;
     match client.matrix_auth().logout().await {
         Ok(_) => info!("old device logged out and deleted on the homeserver"),
         Err(e) => warn!(error = %scrub_err(&e), "logging the old device out failed; it stays listed on the homeserver"),
     }
     drop(client);
-    let session_path = store::session_file(data_dir);
-    if session_path.exists() {
-        std::fs::remove_file(&session_path).with_context(|| format!("removing {}", session_path.display()))?;
-    }
     std::fs::remove_dir_all(&matrix_dir).with_context(|| format!("removing {}", matrix_dir.display()))?;
     store.clear_forget_due().await?;
     info!("old device's store removed; starting again with a new device");

@@ -87,7 +87,7 @@ impl WebAccounts {
 /// at the point `INTAKE_BOT_TEST_CRASH_AT` names, as a kill -9 there would,
 /// for the crash tests. A point reached from a sync waits 3 s first, so
 /// that the SDK has stored the sync position past the event.
-async fn crash_point(point: &str) {
+pub(super) async fn crash_point(point: &str) {
     if !fail_point(point) {
         return;
     }
