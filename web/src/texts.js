@@ -11,6 +11,8 @@ export const TEXTS = {
       "Anonymous and free. You don't need an account or a name, and this page keeps nothing on your device.",
     start: "Start a chat",
     exitHint: 'Press "Leave quickly", or Escape twice, to leave this page at once.',
+    historyHint:
+      "Could someone else check this device? Use a private window, and delete this site from the browser's history afterwards.",
     logLabel: "Conversation",
     choicesLabel: "Answers",
     textLabel: "Your message",
@@ -24,7 +26,8 @@ export const TEXTS = {
     waitingAt: "Waiting for a counsellor: you are number {n} in line. Please keep this page open.",
     counsellorHere: "A counsellor is here.",
     counsellorLeft: "The counsellor has left. Please wait.",
-    ended: "The chat has ended. You can close this page.",
+    ended:
+      "The chat has ended. You can close this page. If someone could check this device, delete this site from the browser's history.",
     offline: "No connection. Your messages will be sent when it is back.",
     notSent: "Not sent yet. It will be sent when the connection is back.",
     busy: "It is very busy right now. Please try again in a minute.",
@@ -40,6 +43,8 @@ export const TEXTS = {
       "Anoniem en gratis. Je hebt geen account of naam nodig, en deze pagina bewaart niets op je apparaat.",
     start: "Start een chat",
     exitHint: 'Druk op "Snel weg", of twee keer op Escape, om deze pagina meteen te verlaten.',
+    historyHint:
+      "Kan iemand anders op dit apparaat meekijken? Gebruik een privévenster, en wis deze site daarna uit de geschiedenis van je browser.",
     logLabel: "Gesprek",
     choicesLabel: "Antwoorden",
     textLabel: "Je bericht",
@@ -53,7 +58,8 @@ export const TEXTS = {
     waitingAt: "Wachten op een hulpverlener: je bent nummer {n} in de rij. Houd deze pagina open.",
     counsellorHere: "Er is een hulpverlener.",
     counsellorLeft: "De hulpverlener is weg. Even wachten.",
-    ended: "De chat is afgelopen. Je kunt deze pagina sluiten.",
+    ended:
+      "De chat is afgelopen. Je kunt deze pagina sluiten. Kan iemand op dit apparaat meekijken? Wis deze site dan uit de geschiedenis van je browser.",
     offline: "Geen verbinding. Je berichten gaan weg zodra die terug is.",
     notSent: "Nog niet verstuurd. Gaat weg zodra er weer verbinding is.",
     busy: "Het is nu erg druk. Probeer het over een minuut opnieuw.",

@@ -23,8 +23,8 @@ const SHOTS = env("SHOTS", "");
 const COUNSELLOR_LINE = env("COUNSELLOR_LINE", "");
 const OFFLINE_LINE = env("OFFLINE_LINE", "");
 const T = {
-  en: { start: /Start/, exit: "Leave quickly", box: "Your message", language: "English", ended: "The chat has ended" },
-  nl: { start: /Start/, exit: "Snel weg", box: "Je bericht", language: "Nederlands", ended: "De chat is afgelopen" },
+  en: { start: /Start/, exit: "Leave quickly", box: "Your message", language: "English", ended: "The chat has ended", history: "browser's history" },
+  nl: { start: /Start/, exit: "Snel weg", box: "Je bericht", language: "Nederlands", ended: "De chat is afgelopen", history: "geschiedenis van je browser" },
 }[LANG];
 
 function step(name) {
@@ -140,6 +140,8 @@ try {
     await page.waitForFunction(() => document.getElementById("status").textContent.length > 0);
     const status = await page.locator("#status").textContent();
     if (!status.includes(T.ended)) fail(`status at the end: ${status}`);
+    // The page tells how to cover the visit's traces in the browser.
+    if (!status.includes(T.history)) fail(`no word on the browser's history at the end: ${status}`);
     await page.waitForTimeout(5000);
     step("ended");
   }
