@@ -440,6 +440,23 @@ mod tests {
         assert_eq!(s.open(b"short"), None);
     }
 
+    /// A closed case's record: intake completed, counsellor joined, `advice`.
+    fn sample_record(id: &str) -> OutcomeRecord {
+        OutcomeRecord {
+            record: id.into(),
+            week: "2026-W48".into(),
+            language: "en".into(),
+            answers: BTreeMap::new(),
+            urgent: false,
+            intake_completed: true,
+            counsellor_joined: true,
+            wait: "none".into(),
+            duration: "<5m".into(),
+            outcome: "advice".into(),
+            step_reached: None,
+        }
+    }
+
     fn contains(hay: &[u8], needle: &[u8]) -> bool {
         hay.windows(needle.len()).any(|w| w == needle)
     }
@@ -482,17 +499,11 @@ mod tests {
         let e = Store::open(dir.path(), false).err().unwrap();
         assert!(matches!(e.downcast_ref::<StoreError>(), Some(StoreError::InUse(_))), "{e}");
         let r = OutcomeRecord {
-            record: "c1".into(),
-            week: "2026-W48".into(),
-            language: "en".into(),
-            answers: BTreeMap::new(),
-            urgent: false,
             intake_completed: false,
             counsellor_joined: false,
-            wait: "none".into(),
-            duration: "<5m".into(),
             outcome: "stopped".into(),
             step_reached: Some("age".into()),
+            ..sample_record("c1")
         };
         s.record(&r).await.unwrap();
         let mut r2 = r.clone();
@@ -594,19 +605,7 @@ mod tests {
         let settings = crate::intake::testing::settings_with(&["en"]);
         let (case, _) = Case::start(&settings, "C1".into(), 1);
         let s = Store::open(dir.path(), true).unwrap().sealed_with(Sealer::from_secret("p"));
-        let mut rec = OutcomeRecord {
-            record: "r1".into(),
-            week: "2026-W48".into(),
-            language: "en".into(),
-            answers: BTreeMap::new(),
-            urgent: false,
-            intake_completed: true,
-            counsellor_joined: true,
-            wait: "none".into(),
-            duration: "<5m".into(),
-            outcome: "advice".into(),
-            step_reached: None,
-        };
+        let mut rec = sample_record("r1");
         // One event: the case saved as closing, its record, its deletion.
         s.save_case("k", &case).unwrap();
         s.stage_record(&rec).unwrap();

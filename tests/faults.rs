@@ -270,13 +270,20 @@ async fn answer_all(s: &Scene, room: &matrix_sdk::ruma::RoomId) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_between_the_intake_and_the_invite_still_brings_a_counsellor() {
+/// A counsellor available, the bot set to end itself at `point`, and a
+/// visitor who has answered every question.
+async fn intake_with_failpoint(point: &str) -> (Scene, matrix_sdk::ruma::OwnedRoomId) {
     let mut s = Scene::new(1, &["en"], 120, "").await;
     s.staff(0, "!available", "You are available").await;
-    restart_crashing_at(&mut s, "before-invite").await;
+    restart_crashing_at(&mut s, point).await;
     let room = s.visitor.open_dm(&s.bot.user_id).await;
     answer_all(&s, &room).await;
+    (s, room)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_the_intake_and_the_invite_still_brings_a_counsellor() {
+    let (mut s, room) = intake_with_failpoint("before-invite").await;
     crashed_then_restart(&mut s).await;
     s.counsellor_takes(&room).await;
     close_with_one_record(&mut s, &room).await;
@@ -287,11 +294,7 @@ async fn a_crash_between_the_intake_and_the_invite_still_brings_a_counsellor() {
 /// of a visitor waiting for nobody). Now the restart sends the invite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_offer_was_stored_sends_the_invite_at_the_restart() {
-    let mut s = Scene::new(1, &["en"], 120, "").await;
-    s.staff(0, "!available", "You are available").await;
-    restart_crashing_at(&mut s, "invite-committed").await;
-    let room = s.visitor.open_dm(&s.bot.user_id).await;
-    answer_all(&s, &room).await;
+    let (mut s, room) = intake_with_failpoint("invite-committed").await;
     crashed_then_restart(&mut s).await;
     // Within the test timeout (60 s), well before the offer's 120 s deadline.
     s.counsellor_takes(&room).await;
@@ -303,11 +306,7 @@ async fn a_crash_after_the_offer_was_stored_sends_the_invite_at_the_restart() {
 /// but before the summary went out, the counsellor never got it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_the_summary_went_out_posts_it_at_the_restart() {
-    let mut s = Scene::new(1, &["en"], 120, "").await;
-    s.staff(0, "!available", "You are available").await;
-    restart_crashing_at(&mut s, "summary-committed").await;
-    let room = s.visitor.open_dm(&s.bot.user_id).await;
-    answer_all(&s, &room).await;
+    let (mut s, room) = intake_with_failpoint("summary-committed").await;
     let c = &s.counsellors[0];
     assert_eq!(c.wait_invite().await, room);
     c.join(&room).await;
@@ -319,11 +318,7 @@ async fn a_crash_before_the_summary_went_out_posts_it_at_the_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_the_counsellor_joined_keeps_the_join() {
-    let mut s = Scene::new(1, &["en"], 120, "").await;
-    s.staff(0, "!available", "You are available").await;
-    restart_crashing_at(&mut s, "counsellor-joined").await;
-    let room = s.visitor.open_dm(&s.bot.user_id).await;
-    answer_all(&s, &room).await;
+    let (mut s, room) = intake_with_failpoint("counsellor-joined").await;
     let c = &s.counsellors[0];
     assert_eq!(c.wait_invite().await, room);
     // The bot takes the join in from its sync, and dies before handling it.
@@ -371,11 +366,7 @@ async fn a_crash_right_after_a_quiet_record_still_leaves_the_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_record_write_sends_no_goodbye_and_the_restart_writes_it() {
-    let mut s = Scene::new(1, &["en"], 120, "").await;
-    s.staff(0, "!available", "You are available").await;
-    restart_crashing_at(&mut s, "record-fails").await;
-    let room = s.visitor.open_dm(&s.bot.user_id).await;
-    answer_all(&s, &room).await;
+    let (mut s, room) = intake_with_failpoint("record-fails").await;
     let c = &s.counsellors[0];
     assert_eq!(c.wait_invite().await, room);
     c.join(&room).await;

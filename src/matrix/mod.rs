@@ -194,8 +194,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     debug!("state store open");
     // A device change cut off after its session was dropped: this start
     // finishes it (`session::connect`), and it need not run again.
-    let finishing_change = !crate::store::session_file(&config.storage.data_dir).exists()
-        && crate::store::identity_file(&config.storage.data_dir).exists();
+    let finishing_change = session::device_change_interrupted(&config.storage.data_dir);
     let (client, fresh_login) = tokio::select! {
         r = session::connect(&config, &secrets) => r?,
         () = &mut shutdown => return stopped_while_starting(),

@@ -24,7 +24,7 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     let data_dir = &config.storage.data_dir;
     let matrix_dir = store::matrix_dir(data_dir);
     let session_path = store::session_file(data_dir);
-    if !session_path.exists() && store::identity_file(data_dir).exists() && matrix_dir.exists() {
+    if device_change_interrupted(data_dir) && matrix_dir.exists() {
         // A device change was cut off after the old session was dropped:
         // the old device's store goes, as the change would have done.
         warn!("finishing an interrupted device change: removing the old device's store");
@@ -72,6 +72,13 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     }
     delete_other_devices(&client, &config.matrix.user_id, &secrets.password).await;
     Ok((client, true))
+}
+
+/// Whether a device change was cut off after it dropped the old session
+/// (its sealed identity is there, no session is): the next [`connect`]
+/// finishes it.
+pub(crate) fn device_change_interrupted(data_dir: &Path) -> bool {
+    !store::session_file(data_dir).exists() && store::identity_file(data_dir).exists()
 }
 
 /// After a fresh login: deletes the bot account's other devices (a device
@@ -190,11 +197,7 @@ pub async fn keep_identity_in_secret_storage(client: Client, passphrase: String)
 fn read_session(data_dir: &Path, sealer: &Sealer) -> Result<Option<MatrixSession>> {
     let path = store::session_file(data_dir);
     if path.exists() {
-        let sealed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let plain = sealer
-            .open(&sealed)
-            .with_context(|| format!("{} does not open with the store passphrase", path.display()))?;
-        let session = serde_json::from_slice(&plain)
+        let session = serde_json::from_slice(&read_sealed(&path, sealer)?)
             .with_context(|| format!("{} does not hold a saved session", path.display()))?;
         return Ok(Some(session));
     }
@@ -206,21 +209,27 @@ fn read_session(data_dir: &Path, sealer: &Sealer) -> Result<Option<MatrixSession
     let session: MatrixSession =
         serde_json::from_slice(&text).with_context(|| format!("{} is not a saved session", legacy.display()))?;
     write_private(&path, &sealer.seal(&text))?;
-    // Overwritten before removal, so the token is not left in the file's
-    // old blocks on a filesystem that writes in place.
-    write_in_place(&legacy, &vec![0u8; text.len()])?;
-    std::fs::remove_file(&legacy).with_context(|| format!("removing {}", legacy.display()))?;
+    wipe(&legacy)?;
     info!("the saved session is now sealed with the store passphrase; the clear copy is removed");
     Ok(Some(session))
 }
 
-fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
+/// A file written by [`Sealer::seal`], opened.
+fn read_sealed(path: &Path, sealer: &Sealer) -> Result<Vec<u8>> {
+    let sealed = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    sealer.open(&sealed).with_context(|| format!("{} does not open with the store passphrase", path.display()))
+}
+
+/// Overwrites a file with zeros, then removes it, so that a secret is not
+/// left in the file's old blocks on a filesystem that writes in place.
+fn wipe(path: &Path) -> Result<()> {
     use std::io::Write;
+    let len = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?.len();
     let mut f =
         std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(bytes)?;
+    f.write_all(&vec![0u8; usize::try_from(len).unwrap_or(0)])?;
     f.sync_all()?;
-    Ok(())
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))
 }
 
 /// After the device was replaced: signs the new device with the bot's
@@ -228,13 +237,7 @@ fn write_in_place(path: &Path, bytes: &[u8]) -> Result<()> {
 /// clients see the same identity, and removes the sealed copy.
 async fn adopt_identity(client: &Client, data_dir: &Path, sealer: &Sealer) -> Result<()> {
     let path = store::identity_file(data_dir);
-    if !path.exists() {
-        return Ok(());
-    }
-    let sealed = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let plain =
-        sealer.open(&sealed).with_context(|| format!("{} does not open with the store passphrase", path.display()))?;
-    let bundle: SecretsBundle = serde_json::from_slice(&plain)
+    let bundle: SecretsBundle = serde_json::from_slice(&read_sealed(&path, sealer)?)
         .with_context(|| format!("{} does not hold cross-signing keys", path.display()))?;
     let encryption = client.encryption();
     encryption
@@ -252,8 +255,7 @@ async fn adopt_identity(client: &Client, data_dir: &Path, sealer: &Sealer) -> Re
         Ok(None) => warn!("the new device is not known to the store yet; it is signed by the import alone"),
         Err(e) => warn!(error = %scrub_err(&e), "reading the new device failed"),
     }
-    write_in_place(&path, &vec![0u8; sealed.len()])?;
-    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    wipe(&path)?;
     info!("new device signed with the bot's cross-signing identity, kept across the device change");
     Ok(())
 }
@@ -285,13 +287,9 @@ pub async fn replace_device(
         matrix_sdk::encryption::export_secrets_bundle_from_store(&matrix_dir, Some(&secrets.store_passphrase)).await;
     let bundle = match exported {
         Ok(Some((_, bundle))) => bundle,
-        Ok(None) => {
-            warn!("the Matrix store holds no account; device kept");
-            store.clear_forget_due().await?;
-            return Ok(super::Ran::Restart);
-        }
-        Err(e) => {
-            warn!(error = %scrub_err(&e), "the cross-signing keys could not be exported; device kept, identity unchanged");
+        other => {
+            let why = other.err().map_or_else(|| "the Matrix store holds no account".to_owned(), |e| scrub_err(&e));
+            warn!(error = %why, "the cross-signing keys could not be exported; device kept, identity unchanged");
             store.clear_forget_due().await?;
             return Ok(super::Ran::Restart);
         }
@@ -397,5 +395,23 @@ pub async fn forget_direct_rooms(client: Client) {
             Ok(_) => info!("m.direct account data emptied (it listed visitors)"),
             Err(e) => warn!(error = %scrub_err(&e), "could not empty m.direct account data"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_files_open_with_their_passphrase_and_are_wiped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("identity.sealed");
+        let sealer = Sealer::from_secret("p");
+        write_private(&path, &sealer.seal(b"secret")).unwrap();
+        assert_eq!(read_sealed(&path, &sealer).unwrap(), b"secret");
+        let e = read_sealed(&path, &Sealer::from_secret("other")).unwrap_err();
+        assert!(e.to_string().contains("does not open with the store passphrase"), "{e}");
+        wipe(&path).unwrap();
+        assert!(!path.exists());
     }
 }
