@@ -347,6 +347,13 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A 32-byte key for one purpose (`label`), derived from the store passphrase.
+fn derive_key(secret: &str, label: &[u8]) -> [u8; 32] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
 /// Turns room ids into case keys with a secret-keyed hash.
 #[derive(Clone)]
 pub(crate) struct RoomKeyer {
@@ -362,9 +369,7 @@ impl std::fmt::Debug for RoomKeyer {
 impl RoomKeyer {
     /// Derives the hash key from the store passphrase.
     pub(crate) fn from_secret(secret: &str) -> RoomKeyer {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(b"intake-bot case key v1");
-        RoomKeyer { key: mac.finalize().into_bytes().into() }
+        RoomKeyer { key: derive_key(secret, b"intake-bot case key v1") }
     }
 
     /// The case key of a room: 32 hex characters.
@@ -391,9 +396,7 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Derives the sealing key from the store passphrase.
     pub(crate) fn from_secret(secret: &str) -> Sealer {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(b"intake-bot seal key v1");
-        Sealer { key: mac.finalize().into_bytes().into() }
+        Sealer { key: derive_key(secret, b"intake-bot seal key v1") }
     }
 
     /// A random nonce followed by the ciphertext.
