@@ -190,6 +190,15 @@ pub struct StaffConfig {
     /// names alone.
     #[serde(default = "default_room_name")]
     pub room_name: String,
+    /// Which cases the staff room hears of when they start waiting:
+    /// `"unassigned"` (only those nobody could be offered at once, and
+    /// urgent ones) or `"always"` (every case).
+    #[serde(default = "default_announce_waiting")]
+    pub announce_waiting: String,
+}
+
+fn default_announce_waiting() -> String {
+    "unassigned".to_owned()
 }
 
 fn default_room_name() -> String {
@@ -526,6 +535,7 @@ impl Config {
             max_active: self.staff.max_active_per_counsellor,
             accept_timeout_secs: secs(self.staff.accept_timeout_secs),
             wait_alert_secs: secs(self.staff.wait_alert_secs),
+            announce_all_waiting: self.staff.announce_waiting == "always",
         };
         let hours = match &self.hours {
             Some(h) => Some(Hours::new(&h.timezone, &h.open).map_err(|e| format!("key `hours`: {e}"))?),

@@ -57,6 +57,9 @@ pub struct Desk {
     pub cases: BTreeMap<String, Case>,
     pub router: Router,
     tally: Tally,
+    /// Cases queued by the event being handled whose staff notice waits for
+    /// the routing step: announced only if nobody could be offered them.
+    unannounced: Vec<String>,
 }
 
 /// What a desk is made of besides its state: the engine's settings, the
@@ -76,7 +79,7 @@ impl Desk {
     /// A desk with restored cases and routing state.
     pub fn new(setup: Setup, cases: BTreeMap<String, Case>, router: Router) -> Desk {
         let Setup { settings, policy, hours } = setup;
-        Desk { settings, policy, hours, cases, router, tally: Tally::default() }
+        Desk { settings, policy, hours, cases, router, tally: Tally::default(), unannounced: Vec::new() }
     }
 
     /// Tells where a case's visitor came from (a number per homeserver,
@@ -213,8 +216,14 @@ impl Desk {
         let Some(case) = self.cases.get(key) else { return };
         self.router.enqueue(key, case.urgent, front, now);
         self.router.set_source(key, case.source);
-        let lang = self.settings.staff_language();
-        out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffWaiting, &[("case", &case.id)]) });
+        if case.urgent || self.policy.announce_all_waiting {
+            let lang = self.settings.staff_language();
+            out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffWaiting, &[("case", &case.id)]) });
+        } else {
+            // One message fewer per case where a counsellor gets the invite
+            // at once: the routing step decides (see `route`).
+            self.unannounced.push(key.to_owned());
+        }
         if !self.is_open(now) {
             let opens = self
                 .hours
@@ -435,12 +444,18 @@ impl Desk {
     /// Runs the routing step; saves routing if it differs from `before`.
     fn route(&mut self, now: i64, before: &Router, out: &mut Vec<Action>) {
         let open = self.is_open(now);
+        let mut announce = std::mem::take(&mut self.unannounced);
         for r in self.router.step(now, open, &self.policy) {
             match r {
                 Route::Invite { key, counsellor } => out.push(Action::Invite { key, user: counsellor }),
                 Route::Withdraw { key, counsellor } => {
                     // The router withdraws only offers past their deadline.
                     self.tally.offer_timeouts += 1;
+                    if !self.policy.announce_all_waiting {
+                        // Offered at once, so never announced: it is
+                        // waiting now if nobody else takes the offer.
+                        announce.push(key.clone());
+                    }
                     out.push(Action::Withdraw { key, user: counsellor });
                 }
                 Route::Position { key, position, estimate_minutes } => {
@@ -475,6 +490,14 @@ impl Desk {
                         text: self.settings.say(lang, TextKey::StaffMissed, &[("count", &missed.to_string())]),
                     });
                 }
+            }
+        }
+        announce.dedup();
+        for key in announce {
+            let Some(case) = self.cases.get(&key) else { continue };
+            if self.router.is_queued(&key) {
+                let lang = self.settings.staff_language();
+                out.push(Action::Staff { text: self.settings.say(lang, TextKey::StaffWaiting, &[("case", &case.id)]) });
             }
         }
         if self.router != *before && !out.contains(&Action::SaveRouter) {

@@ -23,6 +23,10 @@ pub struct Policy {
     pub accept_timeout_secs: i64,
     /// Waiting longer than this raises [`Route::LongWait`] once.
     pub wait_alert_secs: i64,
+    /// Announce every case that starts waiting in the staff room, also one
+    /// offered to a counsellor at once (`staff.announce_waiting = "always"`).
+    /// Otherwise only cases nobody could be offered, and urgent ones.
+    pub announce_all_waiting: bool,
 }
 
 /// One configured counsellor's routing state.

@@ -191,6 +191,24 @@ fn room_names_carry_no_case_id() {
     assert_eq!(Config::parse(MINIMAL).unwrap().staff.room_name, "Chat");
 }
 
+#[test]
+fn announce_waiting_is_one_of_two_choices() {
+    let with = |v: &str| {
+        Config::parse(
+            &MINIMAL.replace("[[intake.questions]]", &format!("announce_waiting = {v:?}\n[[intake.questions]]")),
+        )
+        .unwrap()
+    };
+    let minimal = Config::parse(MINIMAL).unwrap();
+    assert_eq!(minimal.staff.announce_waiting, "unassigned");
+    assert!(!minimal.desk_setup().unwrap().policy.announce_all_waiting);
+    let always = with("always");
+    assert!(always.validate().is_empty(), "{:?}", always.validate());
+    assert!(always.desk_setup().unwrap().policy.announce_all_waiting);
+    let p = with("sometimes").validate();
+    assert!(p.iter().any(|l| l.starts_with("key `staff.announce_waiting`") && l.contains("\"always\"")), "{p:?}");
+}
+
 /// Runs `n` cases, or the count in `INTAKE_BOT_FUZZ_CASES` (a long run on
 /// request: docs/reliability.md).
 fn fuzz_cases(n: usize) -> usize {

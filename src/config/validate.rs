@@ -103,6 +103,12 @@ impl Config {
         if s.max_active_per_counsellor == 0 {
             p.push("key `staff.max_active_per_counsellor`: expected at least 1".into());
         }
+        if !["unassigned", "always"].contains(&s.announce_waiting.as_str()) {
+            p.push(format!(
+                "key `staff.announce_waiting`: expected \"unassigned\" or \"always\", found {:?}",
+                s.announce_waiting
+            ));
+        }
         if s.wait_alert_secs == 0 {
             p.push("key `staff.wait_alert_secs`: expected at least 1 second".into());
         }

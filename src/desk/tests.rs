@@ -8,7 +8,7 @@ const B: &str = "@b:x";
 
 fn desk() -> Desk {
     let settings = settings_with(&["en"]);
-    let policy = Policy { max_active: 1, accept_timeout_secs: 60, wait_alert_secs: 600 };
+    let policy = Policy { max_active: 1, accept_timeout_secs: 60, wait_alert_secs: 600, announce_all_waiting: false };
     Desk::new(Setup { settings, policy, hours: None }, BTreeMap::new(), Router::new(&[A.into(), B.into()]))
 }
 
@@ -66,7 +66,9 @@ fn a_whole_case_from_greeting_to_close() {
 
     let out = intake(&mut d, "k", 1010);
     assert!(said_to(&out, "k").iter().any(|t| t.contains("looking for a counsellor")));
-    assert!(staff(&out).iter().any(|t| t.contains("c1") || t.contains("id-k")));
+    // Offered at once: the invite is the counsellor's notice, the staff
+    // room hears nothing (`staff.announce_waiting`, tested below).
+    assert!(staff(&out).is_empty(), "{out:?}");
     assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
 
     // A counsellor who was not offered the case joining is told to leave.
@@ -214,6 +216,68 @@ fn transfer_and_counsellor_leaving_requeue() {
     d.handle(5, Event::CounsellorJoined { key: "k".into(), user: B.into() });
     let out = d.handle(6, Event::CounsellorLeft { key: "k".into(), user: B.into() });
     assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+}
+
+fn announced(out: &[Action], case_id: &str) -> bool {
+    staff(out).iter().any(|t| t.contains("is waiting for a counsellor") && t.contains(case_id))
+}
+
+#[test]
+fn the_staff_room_hears_of_a_waiting_case_only_when_nobody_was_offered_it() {
+    let mut d = desk();
+    // Nobody available: announced, nobody invited.
+    let out = intake(&mut d, "k", 0);
+    assert!(announced(&out, "id-k"), "{out:?}");
+    assert!(!out.iter().any(|a| matches!(a, Action::Invite { .. })));
+    // A counsellor comes: offered, and not announced again.
+    let out = d.handle(5, Event::Staff { user: A.into(), text: "!available".into() });
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+    assert!(!announced(&out, "id-k"), "{out:?}");
+    // The offer lapses: offered again to the only counsellor there is (no
+    // notice), until they have missed enough to be set away; then it waits
+    // with nobody to offer it to, and the staff room hears of it.
+    let mut t = 5;
+    for lapse in 1..=crate::routing::MISSED_OFFERS_LIMIT {
+        t += 61;
+        let out = d.handle(t, Event::Tick);
+        assert!(out.contains(&Action::Withdraw { key: "k".into(), user: A.into() }), "{out:?}");
+        let offered_again = out.contains(&Action::Invite { key: "k".into(), user: A.into() });
+        assert_eq!(offered_again, lapse < crate::routing::MISSED_OFFERS_LIMIT, "lapse {lapse}: {out:?}");
+        assert_eq!(announced(&out, "id-k"), !offered_again, "lapse {lapse}: {out:?}");
+    }
+
+    // Offered at once: no notice.
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: B.into(), text: "!available".into() });
+    let out = intake(&mut d, "j", 1);
+    assert!(out.contains(&Action::Invite { key: "j".into(), user: B.into() }));
+    assert!(!announced(&out, "id-j"), "{out:?}");
+    // Its offer lapses but A takes it over at once: still no notice.
+    d.handle(2, Event::Staff { user: A.into(), text: "!available".into() });
+    let out = d.handle(1 + 61, Event::Tick);
+    assert!(out.contains(&Action::Invite { key: "j".into(), user: A.into() }), "{out:?}");
+    assert!(!announced(&out, "id-j"), "{out:?}");
+
+    // An urgent case is always announced, offered or not.
+    let mut d = desk();
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    d.handle(0, Event::Opened { key: "u".into(), case_id: "id-u".into(), record_id: "r".into() });
+    d.handle(0, text("u", "in danger"));
+    let mut out = Vec::new();
+    for a in ["1", "2", "1", "1", "2", "1"] {
+        out = d.handle(0, text("u", a));
+    }
+    assert!(out.contains(&Action::Invite { key: "u".into(), user: A.into() }));
+    assert!(announced(&out, "id-u"), "{out:?}");
+
+    // "always": every case, offered or not.
+    let mut d = desk();
+    d.policy.announce_all_waiting = true;
+    d.handle(0, Event::Staff { user: A.into(), text: "!available".into() });
+    let out = intake(&mut d, "k", 0);
+    assert!(out.contains(&Action::Invite { key: "k".into(), user: A.into() }));
+    assert!(announced(&out, "id-k"), "{out:?}");
+    assert_eq!(staff(&out).len(), 1, "announced once: {out:?}");
 }
 
 #[test]

@@ -9,13 +9,11 @@
 //! - this file: [`run`], the sync loop, the handlers, joining the staff room;
 //! - `session`: the client on its encrypted store, login or restore, profile;
 //! - `worker`: the one task that owns the desk and the store;
-//! - `gate`, `late_keys`: holding sends during sync responses, and messages
-//!   whose room key has not come yet;
+//! - `late_keys`: messages whose room key has not come yet;
 //! - `admin`, `purge`: Synapse's admin API (room purge, the web chat's
 //!   sign-up tokens and account deletion).
 
 pub(crate) mod admin;
-mod gate;
 mod late_keys;
 mod purge;
 mod session;
@@ -28,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::ruma::api::client::filter::FilterDefinition;
+use matrix_sdk::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::history_visibility::{HistoryVisibility, OriginalSyncRoomHistoryVisibilityEvent};
 use matrix_sdk::ruma::events::room::join_rules::OriginalSyncRoomJoinRulesEvent;
@@ -86,29 +84,21 @@ pub(crate) enum MemberChange {
 /// Lets a task wait until a room it just joined has come back in a whole
 /// sync iteration.
 ///
-/// Why: a sync that brings a newly joined room marks its members' devices
-/// as "to be queried", and the SDK's `sync_once` sends that key query at
-/// the end of the same iteration. A message sent into the room before then
-/// makes matrix-sdk 0.18 wait up to 5 s for the query, twice, while holding
-/// the lock the sync loop needs to send it: the whole sync loop stalls, and
-/// every visitor's next message waits with it (seen in the load benchmark:
-/// 20 new chats at once stalled every first answer by ~10 s). Waiting for
-/// the iteration that brings the join to finish costs one sync round trip.
-/// (Messages into the bot's other rooms are kept out of that window by the
-/// send gate, which this watch tells of each join: see [`gate`].)
+/// Why: the bot joins a visitor's room with a bare join request (the SDK's
+/// own join would write the visitor's id into the bot's `m.direct`), so the
+/// client holds the room as joined, with its state and encryption, only
+/// once a sync has brought it; and that sync's key query for the room's
+/// new members goes out at the end of the same iteration. Waiting for it
+/// costs one sync round trip and saves asking the homeserver for the
+/// room's state. (Until issue #17 it also kept the first message out of
+/// matrix-sdk-crypto's 5 s wait for the bot's own key query, now patched
+/// in `vendor/matrix-sdk-crypto`.)
 #[derive(Debug, Default)]
 pub(crate) struct JoinWatch {
     waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
-    /// Told of each join between its success and its sync (see [`gate`]).
-    gate: Arc<gate::SendGate>,
 }
 
 impl JoinWatch {
-    /// A watch that tells `gate` of the joins it sees through.
-    pub fn new(gate: Arc<gate::SendGate>) -> JoinWatch {
-        JoinWatch { waiting: Default::default(), gate }
-    }
-
     /// Runs `join`; when it succeeds, waits (at most `limit`) until a sync
     /// iteration that includes `room` as joined has finished, and says
     /// whether one did (then the client knows the room's state and members
@@ -123,11 +113,7 @@ impl JoinWatch {
         let (tx, rx) = oneshot::channel();
         self.lock().insert(room.to_owned(), tx);
         let out = join.await;
-        if out.is_ok() {
-            self.gate.joined(room);
-        }
         let synced = out.is_ok() && tokio::time::timeout(limit, rx).await.is_ok_and(|r| r.is_ok());
-        self.gate.join_settled(room);
         if out.is_ok() && !synced {
             debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
         }
@@ -169,8 +155,6 @@ struct Ctx {
     staff_room: OwnedRoomId,
     /// Where messages whose key has not come yet wait for it.
     late: mpsc::UnboundedSender<late_keys::Parked>,
-    /// Closed by every handler until the sync loop finishes the response.
-    gate: Arc<gate::SendGate>,
 }
 
 /// How [`run`] ended without an error.
@@ -226,8 +210,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
     };
     let (tx, rx) = mpsc::channel::<Inbound>(1024);
     let late = late_keys::spawn(tx.clone(), LATE_KEY_GRACE);
-    let gate = Arc::new(gate::SendGate::default());
-    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone(), late, gate: gate.clone() });
+    let ctx = Arc::new(Ctx { tx: tx.clone(), staff_room: staff_room.clone(), late });
 
     // Invites first, so none is missed by the first sync.
     {
@@ -235,7 +218,6 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         client.add_event_handler(move |ev: StrippedRoomMemberEvent, client: Client, room: Room| {
             let ctx = ctx.clone();
             async move {
-                ctx.gate.handling();
                 on_invite(ev, client, room, &ctx).await;
             }
         });
@@ -248,19 +230,16 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
             () = &mut shutdown => return stopped_while_starting(),
         };
         settings = settings.token(resp);
-        // The invite handler may have run in it.
-        let _ = gate.iteration_done();
     }
     register_handlers(&client, ctx.clone());
 
-    let joins = Arc::new(JoinWatch::new(gate.clone()));
+    let joins = Arc::new(JoinWatch::default());
     let parts = worker::Parts {
         store,
         client: client.clone(),
         staff_room_id: staff_room.clone(),
         metrics: metrics.clone(),
         joins: joins.clone(),
-        gate: gate.clone(),
         admin,
     };
     let worker = worker::Worker::new(&config, &secrets, parts)?;
@@ -278,7 +257,7 @@ pub async fn run(config: Config, secrets: Secrets, shutdown: impl Future<Output 
         }));
     }
     let mut worker_task = tokio::spawn(worker.run(rx, stop_rx));
-    let mut sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics.clone(), joins.clone(), gate));
+    let mut sync_task = tokio::spawn(sync_loop(client.clone(), settings, metrics.clone(), joins.clone()));
     tokio::spawn(join_staff_room(client.clone(), staff_room, tx.clone(), joins));
     tokio::spawn(session::forget_direct_rooms(client.clone()));
     if let Some(pass) = secrets.recovery_passphrase.clone() {
@@ -343,6 +322,13 @@ fn sync_settings() -> SyncSettings {
     // Synapse's default of 10 events per room per sync would drop messages
     // sent while the bot was down; a "limited" sync skips handlers.
     filter.room.timeline.limit = Some(UInt::from(100u32));
+    // Members lazy-loaded: a sync carries only the member events of those
+    // who sent something in it, not every room's whole member list (the
+    // staff room, rooms coming back). Membership changes still come in the
+    // timeline; a room's full list is asked for once, by admission, before
+    // the bot says anything there (the SDK asks for it before its first
+    // encrypted message anyway).
+    filter.room.state.lazy_load_options = LazyLoadOptions::Enabled { include_redundant_members: false };
     SyncSettings::default().timeout(Duration::from_secs(30)).filter(filter.into())
 }
 
@@ -367,18 +353,11 @@ async fn sync_loop(
     mut settings: SyncSettings,
     metrics: Arc<crate::metrics::Metrics>,
     joins: Arc<JoinWatch>,
-    gate: Arc<gate::SendGate>,
 ) {
     let mut delay = Duration::from_secs(1);
     let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let out = client.sync_once(settings.clone()).await;
-        if let Some(held) = gate.iteration_done().filter(|h| *h >= Duration::from_secs(2)) {
-            // The tail of sync_once is the SDK's own encryption requests
-            // (key queries and claims, room keys): slow when the homeserver is.
-            debug!(ms = held.as_millis() as u64, "slow sync iteration: messages held from its first event to its end");
-        }
-        match out {
+        match client.sync_once(settings.clone()).await {
             Ok(r) => {
                 joins.synced(r.rooms.joined.keys());
                 settings = settings.token(r.next_batch);
@@ -410,7 +389,7 @@ async fn join_staff_room(client: Client, room_id: OwnedRoomId, tx: mpsc::Sender<
         let joined = match client.get_room(&room_id) {
             Some(r) if r.state() == RoomState::Joined => Ok(r),
             // A fresh join: the online notice waits for the sync that brings
-            // it (see JoinWatch), or its send stalls the sync loop for 5 s.
+            // it (see JoinWatch).
             _ => joins
                 .join_then_wait(&room_id, STAFF_JOIN_SYNC_LIMIT, client.join_room_by_id(&room_id))
                 .await
@@ -480,7 +459,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
-            ctx.gate.handling();
             let Some(body) = message_body(ev.content) else { return };
             forward(&ctx, &client, room, ev.sender, body, ev.event_id).await;
         }
@@ -489,7 +467,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncStickerEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
-            ctx.gate.handling();
             forward(&ctx, &client, room, ev.sender, Body::NonText, ev.event_id).await;
         }
     });
@@ -499,7 +476,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |raw: Raw<OriginalSyncRoomEncryptedEvent>, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
-            ctx.gate.handling();
             let Ok(ev) = raw.deserialize() else { return };
             if room.state() != RoomState::Joined || Some(ev.sender.as_ref()) == client.user_id() {
                 return;
@@ -512,7 +488,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
         let ctx = c.clone();
         async move {
             use matrix_sdk::ruma::room::JoinRule;
-            ctx.gate.handling();
             if !matches!(ev.content.join_rule, JoinRule::Invite | JoinRule::Private) {
                 let _ = ctx.tx.send(Inbound::Exposed(room)).await;
             }
@@ -522,7 +497,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomHistoryVisibilityEvent, room: Room| {
         let ctx = c.clone();
         async move {
-            ctx.gate.handling();
             if ev.content.history_visibility == HistoryVisibility::WorldReadable {
                 let _ = ctx.tx.send(Inbound::Exposed(room)).await;
             }
@@ -532,9 +506,6 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
     client.add_event_handler(move |ev: OriginalSyncRoomMemberEvent, client: Client, room: Room| {
         let ctx = c.clone();
         async move {
-            // Before the own-membership check: the bot's own join is what
-            // marks its account "devices changed" (see gate).
-            ctx.gate.handling();
             if Some(ev.state_key.as_ref()) == client.user_id() {
                 return;
             }

@@ -2,7 +2,8 @@
 
 use super::*;
 
-const P: Policy = Policy { max_active: 2, accept_timeout_secs: 120, wait_alert_secs: 3600 };
+const P: Policy =
+    Policy { max_active: 2, accept_timeout_secs: 120, wait_alert_secs: 3600, announce_all_waiting: false };
 
 fn router(names: &[&str]) -> Router {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();

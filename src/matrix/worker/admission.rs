@@ -249,7 +249,7 @@ impl Worker {
                 self.record(&case_id, rec);
                 let text = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::NoEncryption, &[]);
                 let guard = Some(self.counsellors.clone());
-                let q = spawn_sender(room, case_id.clone(), self.gate.clone(), guard, &mut self.senders);
+                let q = spawn_sender(room, case_id.clone(), guard, &mut self.senders);
                 let _ = q.send(Job::Say(text));
                 let _ = q.send(Job::Leave {
                     case_id,
@@ -339,10 +339,12 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
             return Verdict::Failed;
         }
     };
-    // After that sync the client holds the room's whole state (members are
-    // not lazy-loaded): requests fewer for a busy homeserver. Without it, ask.
+    // The whole member list, from the homeserver: the sync lazy-loads
+    // members, so a silent member who joined long ago is not in it. (The
+    // SDK fetches this list before the first encrypted message in a room
+    // anyway: no request more per case.)
     let everyone = RoomMemberships::JOIN | RoomMemberships::INVITE | RoomMemberships::KNOCK;
-    let members = if synced { room.members_no_sync(everyone).await } else { room.members(everyone).await };
+    let members = room.members(everyone).await;
     let me = room.own_user_id();
     let strangers: Vec<bool> = match &members {
         Ok(m) => m

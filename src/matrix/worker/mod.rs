@@ -25,7 +25,6 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, instrument, warn};
 
 use super::admin::Admin;
-use super::gate::SendGate;
 use super::purge::Purger;
 use super::{Body, Inbound, JoinWatch, MemberChange, scrub_err};
 use crate::clock::unix_now as now;
@@ -56,8 +55,6 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
     /// Tells admission when a joined room has been through a whole sync.
     pub joins: Arc<JoinWatch>,
-    /// Holds messages while the sync loop handles a response.
-    pub gate: Arc<SendGate>,
     /// Synapse's admin API, where an admin token is configured.
     pub admin: Option<Admin>,
 }
@@ -195,8 +192,6 @@ pub struct Worker {
     room_name: String,
     /// Tells `prepare` when a joined room has been through a whole sync.
     joins: Arc<JoinWatch>,
-    /// Holds messages while the sync loop handles a response.
-    gate: Arc<SendGate>,
     /// The web chat's accounts, when `[web]` is set.
     web: Option<WebAccounts>,
     /// `privacy.redact_at_close`.
@@ -220,7 +215,7 @@ impl Worker {
     /// Restores cases and routing from the store and maps them to the
     /// rooms the client knows.
     pub fn new(config: &Config, secrets: &Secrets, parts: Parts) -> Result<Worker> {
-        let Parts { store, client, staff_room_id, metrics, joins, gate, admin } = parts;
+        let Parts { store, client, staff_room_id, metrics, joins, admin } = parts;
         let setup = config.desk_setup().map_err(anyhow::Error::msg)?;
         let cases = store.load_cases()?;
         let mut router = store.load_router()?.unwrap_or_default();
@@ -289,7 +284,6 @@ impl Worker {
             metrics,
             room_name: config.staff.room_name.clone(),
             joins,
-            gate,
             web,
             redact_at_close: config.privacy.redact_at_close,
             idle_sweep: Arc::default(),
@@ -559,7 +553,7 @@ impl Worker {
         match msg {
             Inbound::StaffReady(room) => {
                 let online = self.desk.settings.say(self.desk.settings.staff_language(), TextKey::Online, &[]);
-                let q = spawn_sender(room, "staff".into(), self.gate.clone(), None, &mut self.senders);
+                let q = spawn_sender(room, "staff".into(), None, &mut self.senders);
                 let _ = q.send(staff_notice(online));
                 for job in std::mem::take(&mut self.pending_staff) {
                     let _ = q.send(job);
@@ -811,12 +805,8 @@ impl Worker {
                         continue;
                     };
                     let senders = &mut self.senders;
-                    let gate = self.gate.clone();
                     let guard = Some(self.counsellors.clone());
-                    let q = self
-                        .outbox
-                        .entry(key.clone())
-                        .or_insert_with(|| spawn_sender(room, case, gate, guard, senders));
+                    let q = self.outbox.entry(key.clone()).or_insert_with(|| spawn_sender(room, case, guard, senders));
                     let _ = q.send(job);
                     if leaving {
                         self.outbox.remove(&key);

@@ -16,12 +16,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::matrix::admin::Admin;
-use crate::matrix::gate::SendGate;
 use crate::matrix::purge::Purger;
 use crate::matrix::{refresh_user_keys, scrub_err};
-
-/// Longest a message waits at the send gate (see [`SendGate`]).
-const GATE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Where a visible job goes.
 #[derive(Debug, PartialEq)]
@@ -160,7 +156,6 @@ pub(super) fn coalesce(jobs: Vec<(Target, Job)>) -> Vec<(Target, Job)> {
 pub(super) fn spawn_sender(
     room: Room,
     case: String,
-    gate: Arc<SendGate>,
     guard: Option<Arc<[OwnedUserId]>>,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> mpsc::UnboundedSender<Job> {
@@ -185,9 +180,8 @@ pub(super) fn spawn_sender(
             match job {
                 Job::Say(_) | Job::Html(..) => {
                     last_ok = false;
-                    hold(&gate, &case).await;
-                    // Messages queued meanwhile (behind the gate or a slow
-                    // send) go out with this one.
+                    // Messages queued meanwhile (behind a slow send) go out
+                    // with this one.
                     let mut job = job;
                     while let Ok(more) = rx.try_recv() {
                         if let Err(other) = job.absorb(more) {
@@ -276,14 +270,6 @@ pub(super) async fn one_to_one(room: &Room, counsellors: &[OwnedUserId]) -> bool
             warn!(error = %scrub_err(&e), "could not read a room's members");
             false
         }
-    }
-}
-
-/// Waits at the send gate before a message (see [`SendGate`]).
-async fn hold(gate: &SendGate, case: &str) {
-    let waited = gate.wait_open(GATE_LIMIT).await;
-    if waited >= Duration::from_secs(1) {
-        debug!(case = %case, ms = waited.as_millis() as u64, "message held while the sync loop finished a response");
     }
 }
 
