@@ -24,6 +24,19 @@ impl std::fmt::Debug for Admin {
     }
 }
 
+/// Where a room purge stands on the homeserver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeStatus {
+    /// Scheduled, shutting the room down, or purging.
+    Running,
+    /// The room is gone.
+    Complete,
+    /// The homeserver gave up (Synapse on SQLite sometimes does, with a
+    /// foreign-key error, when it purges while the kicks it just sent are
+    /// still being processed); asking again works.
+    Failed,
+}
+
 /// One account as the admin API lists it.
 #[derive(Debug, Clone)]
 pub struct Account {
@@ -39,12 +52,39 @@ impl Admin {
         Ok(Admin { http, base: homeserver_url.trim_end_matches('/').to_owned(), token })
     }
 
-    /// Asks the homeserver to delete and purge a room (in the background).
-    pub async fn purge_room(&self, room: &OwnedRoomId) -> Result<()> {
+    /// Asks the homeserver to delete and purge a room (in the background);
+    /// returns the id to ask [`Admin::purge_status`] with, or `None` when
+    /// the homeserver knows no such room (already purged).
+    pub async fn purge_room(&self, room: &OwnedRoomId) -> Result<Option<String>> {
+        #[derive(Deserialize)]
+        struct Started {
+            delete_id: String,
+        }
         let url = format!("{}/_synapse/admin/v2/rooms/{}", self.base, urlencode(room.as_str()));
         let r =
             self.http.delete(&url).bearer_auth(&self.token).json(&serde_json::json!({ "purge": true, "block": false }));
-        check(r.send().await?).await.map(drop)
+        let resp = r.send().await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let started: Started = check(resp).await?.json().await.context("the homeserver's purge answer")?;
+        Ok(Some(started.delete_id))
+    }
+
+    /// Where a purge started by [`Admin::purge_room`] stands.
+    pub async fn purge_status(&self, delete_id: &str) -> Result<PurgeStatus> {
+        #[derive(Deserialize)]
+        struct Status {
+            status: String,
+        }
+        let url = format!("{}/_synapse/admin/v2/rooms/delete_status/{}", self.base, urlencode(delete_id));
+        let resp = check(self.http.get(&url).bearer_auth(&self.token).send().await?).await?;
+        let status: Status = resp.json().await.context("the homeserver's purge status")?;
+        Ok(match status.status.as_str() {
+            "complete" => PurgeStatus::Complete,
+            "failed" => PurgeStatus::Failed,
+            _ => PurgeStatus::Running,
+        })
     }
 
     /// A new registration token that works once and lapses after `valid`.

@@ -15,9 +15,16 @@ use matrix_sdk::ruma::OwnedRoomId;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::admin::Admin;
+use super::admin::{Admin, PurgeStatus};
 use crate::clock::unix_now;
 use crate::store::Sealer;
+
+/// How often a purge's status is asked for.
+const PURGE_POLL: Duration = Duration::from_secs(2);
+/// How long a running purge is followed before the next start takes over.
+const PURGE_FOLLOW_LIMIT: Duration = Duration::from_secs(600);
+/// Purge requests per room before the next start takes over.
+const PURGE_ATTEMPTS: u32 = 5;
 
 /// The SDK store key of the queue.
 const QUEUE_KEY: &[u8] = b"intake-bot.purge-queue.v1";
@@ -99,18 +106,66 @@ impl Purger {
     async fn carry_out(&self, due: Due) {
         let wait = u64::try_from(due.at.saturating_sub(unix_now())).unwrap_or(0);
         tokio::time::sleep(Duration::from_secs(wait)).await;
-        match self.admin.purge_room(&due.room).await {
-            Ok(()) => info!(case = %due.case, "room purge requested from the homeserver"),
+        if !self.purge_until_done(&due.case, &due.room).await {
             // Left in the queue: the next start tries again.
-            Err(e) => {
-                warn!(case = %due.case, error = %crate::logging::scrub_err(&format!("{e:#}")), "room purge failed");
-                return;
-            }
+            return;
         }
         let _guard = self.lock.lock().await;
         let mut queue = self.load().await;
         queue.retain(|d| d.room != due.room);
         self.save(&queue).await;
+    }
+
+    /// Asks for the purge and follows it to its end, asking again when the
+    /// homeserver gives up on it (a room left on the server would break the
+    /// promise that it is gone). False when it did not finish: the caller
+    /// keeps it queued for the next start.
+    async fn purge_until_done(&self, case: &str, room: &OwnedRoomId) -> bool {
+        for attempt in 1..=PURGE_ATTEMPTS {
+            let delete_id = match self.admin.purge_room(room).await {
+                Ok(Some(id)) => {
+                    info!(case = %case, attempt, "room purge requested from the homeserver");
+                    id
+                }
+                Ok(None) => {
+                    info!(case = %case, "room purged from the homeserver (it knows the room no more)");
+                    return true;
+                }
+                Err(e) => {
+                    warn!(case = %case, error = %crate::logging::scrub_err(&format!("{e:#}")), "room purge failed");
+                    return false;
+                }
+            };
+            let deadline = tokio::time::Instant::now() + PURGE_FOLLOW_LIMIT;
+            let status = loop {
+                tokio::time::sleep(PURGE_POLL).await;
+                match self.admin.purge_status(&delete_id).await {
+                    Ok(PurgeStatus::Running) if tokio::time::Instant::now() < deadline => {}
+                    Ok(s) => break Ok(s),
+                    Err(e) => break Err(e),
+                }
+            };
+            match status {
+                Ok(PurgeStatus::Complete) => {
+                    info!(case = %case, "room purged from the homeserver");
+                    return true;
+                }
+                Ok(PurgeStatus::Failed) => {
+                    warn!(case = %case, attempt, "the homeserver's room purge failed; asking again");
+                }
+                Ok(PurgeStatus::Running) => {
+                    warn!(case = %case, "the homeserver's room purge is still running after 10 minutes; tried again at the next start");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(case = %case, error = %crate::logging::scrub_err(&format!("{e:#}")), "could not follow the room purge; tried again at the next start");
+                    return false;
+                }
+            }
+            tokio::time::sleep(PURGE_POLL * attempt).await;
+        }
+        warn!(case = %case, attempts = PURGE_ATTEMPTS, "the homeserver's room purge kept failing; tried again at the next start");
+        false
     }
 
     async fn load(&self) -> Vec<Due> {
