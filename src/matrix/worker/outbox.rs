@@ -11,13 +11,17 @@ use std::time::Duration;
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::{EventId, OwnedEventId, OwnedUserId, UInt};
-use matrix_sdk::{Room, RoomMemberships};
+use matrix_sdk::{Room, RoomMemberships, RoomState};
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::matrix::admin::Admin;
 use crate::matrix::purge::Purger;
 use crate::matrix::{refresh_user_keys, scrub_err};
+
+/// Longest a message waits for its room to be known as joined (see
+/// [`wait_joined`]).
+const JOINED_LIMIT: Duration = Duration::from_secs(180);
 
 /// Where a visible job goes.
 #[derive(Debug, PartialEq)]
@@ -180,6 +184,7 @@ pub(super) fn spawn_sender(
             match job {
                 Job::Say(_) | Job::Html(..) => {
                     last_ok = false;
+                    wait_joined(&room, &case).await;
                     // Messages queued meanwhile (behind a slow send) go out
                     // with this one.
                     let mut job = job;
@@ -257,6 +262,28 @@ pub(super) fn spawn_sender(
         }
     }));
     tx
+}
+
+/// Waits until the client holds the room as joined, at most
+/// [`JOINED_LIMIT`]. Admission goes on without the join's sync when the
+/// homeserver is slow to send it (see `JOIN_SYNC_LIMIT`), and the SDK
+/// refuses to send into a room it still holds as invited: without this
+/// wait a new visitor's first question was lost under load (seen in the
+/// 500-visitor benchmark).
+async fn wait_joined(room: &Room, case: &str) {
+    if room.state() == RoomState::Joined {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    while room.state() != RoomState::Joined && start.elapsed() < JOINED_LIMIT {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ms = start.elapsed().as_millis() as u64;
+    if room.state() == RoomState::Joined {
+        debug!(case = %case, ms, "message waited for the room's join to come through the sync");
+    } else {
+        warn!(case = %case, ms, "the room's join has not come through the sync; sending anyway");
+    }
 }
 
 /// Whether the room holds nobody but the bot, one visitor and counsellors
