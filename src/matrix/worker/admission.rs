@@ -47,8 +47,12 @@ use crate::matrix::{JoinWatch, scrub_err};
 /// own waits take over.
 const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 
-/// How many rooms are looked at and joined at once.
-pub(super) const ADMISSIONS_AT_ONCE: usize = 8;
+/// How many rooms are looked at and joined at once. Each admission mostly
+/// waits for the homeserver (room summary, join, the sync that brings it,
+/// the member list), so this bounds the bot's requests in flight, not its
+/// work: with 8, a saturated homeserver let in 10-25 new visitors a minute
+/// while 100-200 arrived (docs/benchmarks.md, issue #17).
+pub(super) const ADMISSIONS_AT_ONCE: usize = 32;
 
 /// How many rooms over a cap get their one notice at once (a lane of their
 /// own, beside the admissions).
@@ -378,8 +382,12 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
     }
     // Room keys for joined members only from now on; the first messages
     // need not wait for it (the visitor alone is in the room, and the
-    // outbox checks the members before each message).
-    only_joined_get_keys(room, false).await;
+    // outbox checks the members before each message), so the greeting does
+    // not wait behind this state change in the homeserver's queue.
+    {
+        let room = room.clone();
+        tokio::spawn(async move { only_joined_get_keys(&room, false).await });
+    }
     if let Some((cap, text)) = &a.notice {
         let _ = room.send(RoomMessageEventContent::notice_plain(text.clone())).await;
         leave(room, a).await;

@@ -300,9 +300,9 @@ pub(super) async fn one_to_one(room: &Room, counsellors: &[OwnedUserId]) -> bool
     }
 }
 
-/// Sends one message; its time is logged at trace (debug when slow), so
-/// an operator can tell the bot's delays from the homeserver's.
-/// Sends one message; returns its event id once sent.
+/// Sends one message; returns its event id once sent. Its time is logged
+/// at trace (debug when slow), so an operator can tell the bot's delays
+/// from the homeserver's.
 async fn send(room: &Room, case: &str, content: RoomMessageEventContent) -> Option<OwnedEventId> {
     let t = std::time::Instant::now();
     match room.send(content).await {
