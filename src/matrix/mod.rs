@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::ruma::api::client::filter::{FilterDefinition, LazyLoadOptions};
+use matrix_sdk::ruma::api::client::filter::{Filter, FilterDefinition, LazyLoadOptions, RoomEventFilter};
 use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::history_visibility::{HistoryVisibility, OriginalSyncRoomHistoryVisibilityEvent};
 use matrix_sdk::ruma::events::room::join_rules::OriginalSyncRoomJoinRulesEvent;
@@ -318,6 +318,11 @@ fn stopped_while_starting() -> Result<Ran> {
 }
 
 fn sync_settings() -> SyncSettings {
+    SyncSettings::default().timeout(Duration::from_secs(30)).filter(sync_filter().into())
+}
+
+/// What the bot's syncs ask for.
+fn sync_filter() -> FilterDefinition {
     let mut filter = FilterDefinition::default();
     // Synapse's default of 10 events per room per sync would drop messages
     // sent while the bot was down; a "limited" sync skips handlers.
@@ -329,7 +334,16 @@ fn sync_settings() -> SyncSettings {
     // the bot says anything there (the SDK asks for it before its first
     // encrypted message anyway).
     filter.room.state.lazy_load_options = LazyLoadOptions::Enabled { include_redundant_members: false };
-    SyncSettings::default().timeout(Duration::from_secs(30)).filter(filter.into())
+    // Nothing the bot never reads: presence (of every visitor it shares a
+    // room with), typing notices and read receipts, and per-room account
+    // data. Each of them is work for the homeserver in every sync of an
+    // account in hundreds of rooms (issue #17: at 200 visitors the bot's
+    // own sync took the homeserver 8-21 s). Global account data stays: the
+    // SDK reads its secret storage and cross-signing settings from it.
+    filter.presence = Filter::ignore_all();
+    filter.room.ephemeral = RoomEventFilter::ignore_all();
+    filter.room.account_data = RoomEventFilter::ignore_all();
+    filter
 }
 
 async fn sync_with_retry(client: &Client, settings: SyncSettings) -> Result<String> {
@@ -525,6 +539,19 @@ fn register_handlers(client: &Client, ctx: Arc<Ctx>) {
 mod tests {
     use super::*;
     use matrix_sdk::ruma::room_id;
+
+    #[test]
+    fn syncs_leave_out_what_the_bot_never_reads() {
+        let f = serde_json::to_value(sync_filter()).unwrap();
+        let none = serde_json::json!([]);
+        assert_eq!(f["presence"]["types"], none, "no presence");
+        assert_eq!(f["room"]["ephemeral"]["types"], none, "no typing or receipts");
+        assert_eq!(f["room"]["account_data"]["types"], none, "no room account data");
+        assert!(f["account_data"].get("types").is_none(), "global account data stays (the SDK's own settings)");
+        assert_eq!(f["room"]["timeline"]["limit"], 100);
+        assert_eq!(f["room"]["state"]["lazy_load_members"], true);
+        assert!(f["room"]["timeline"].get("types").is_none(), "every timeline event");
+    }
 
     #[tokio::test]
     async fn join_watch_wakes_on_the_sync_that_brings_the_room() {

@@ -31,6 +31,7 @@ use matrix_sdk::ruma::room::{JoinRule, JoinRuleSummary};
 use matrix_sdk::ruma::{OwnedUserId, ServerName, UserId};
 use matrix_sdk::{EncryptionState, Room, RoomMemberships};
 use rand::RngCore;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use super::Worker;
@@ -47,11 +48,11 @@ use crate::matrix::{JoinWatch, scrub_err};
 /// own waits take over.
 const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
 
-/// How many rooms are looked at and joined at once. Each admission mostly
-/// waits for the homeserver (room summary, join, the sync that brings it,
-/// the member list), so this bounds the bot's requests in flight, not its
-/// work: with 8, a saturated homeserver let in 10-25 new visitors a minute
-/// while 100-200 arrived (docs/benchmarks.md, issue #17).
+/// How many rooms are looked at and joined at once (the room summary and
+/// the join request; see [`prepare`]). This bounds the bot's requests in
+/// flight for new rooms, not its work: with 8 places held until the case
+/// opened, a saturated homeserver let in 10-25 new visitors a minute while
+/// 100-200 arrived (docs/benchmarks.md, issue #17).
 pub(super) const ADMISSIONS_AT_ONCE: usize = 32;
 
 /// How many rooms over a cap get their one notice at once (a lane of their
@@ -209,7 +210,11 @@ impl Worker {
                     decline(&room).await;
                     Verdict::Refused(why)
                 }
-                (_, Ok(_permit)) => prepare(&room, &inviter, &admission).await,
+                // A room that may become a case gives its place back once
+                // joined; a refused one keeps it until its notice is out
+                // (the refusal lane's bound).
+                (None, Ok(permit)) => prepare(&room, &inviter, &admission, Some(permit)).await,
+                (Some(_), Ok(_permit)) => prepare(&room, &inviter, &admission, None).await,
             };
             if refusal.is_some() {
                 waiting.fetch_sub(1, Ordering::Relaxed);
@@ -310,13 +315,19 @@ fn cap_for<'a>(
 
 /// Looks at a room before and after joining it (see the module doc);
 /// joins only a room that may become a case, and leaves any other.
-async fn prepare(room: &Room, inviter: &UserId, a: &Admission) -> Verdict {
+///
+/// `permit`, a place among [`ADMISSIONS_AT_ONCE`], is held for the room
+/// summary and the join, the homeserver's work, and given back once the
+/// join is answered: waiting for the sync that brings the join holds no
+/// place, so a slow sync does not keep the next visitors out.
+async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<OwnedSemaphorePermit>) -> Verdict {
     if let Some(why) = refuse_unseen(room, inviter).await {
         decline(room).await;
         return Verdict::Refused(why);
     }
     let client = room.client();
-    let join = async {
+    let join = async move {
+        let _permit = permit;
         let mut delay = Duration::from_millis(500);
         let mut tries = 0;
         loop {

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Where a benchmark's time goes, from its Synapse access log (beside
+synapse-cpu.py, which sums CPU): the intake bot's requests per endpoint in
+the intake half, the gaps between its /sync requests (and the echo bot's),
+the order of its requests in each room, the admission's steps (p50 seconds
+after the room summary request), the invite -> the bot's first look, and
+how long requests waited for Synapse's database connection.
+
+    python3 scripts/synapse-steps.py /tmp/intake-synapse-*/synapse.log
+"""
+import re, sys, datetime
+from collections import defaultdict, Counter
+from pathlib import Path
+import importlib.util
+spec = importlib.util.spec_from_file_location('sc', Path(__file__).with_name('synapse-cpu.py'))
+sc = importlib.util.module_from_spec(spec); spec.loader.exec_module(sc)
+LINE = re.compile(r"^(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+) .*? \{(?P<who>[^}]*)\} Processed request: (?P<real>[\d.]+)sec/.*?\"(?P<method>[A-Z]+) (?P<path>\S+) HTTP")
+rows=[]
+db_wait=db_exec=0.0
+for line in open(sys.argv[1], errors='replace'):
+    m=LINE.search(line)
+    if not m: continue
+    d=re.search(r'db=\(([\d.]+)sec/([\d.]+)sec/', line)
+    if d and '{@echo' not in line:
+        db_wait+=float(d.group(1)); db_exec+=float(d.group(2))
+    ts=datetime.datetime.strptime(m['ts'],'%Y-%m-%d %H:%M:%S,%f').timestamp()
+    rows.append((ts-float(m['real']), ts, sc.who(m['who']), m['method'], m['path']))
+echo_start=min((r[0] for r in rows if r[2]=='echo bot'), default=float('inf'))
+bot=[r for r in rows if r[2]=='intake bot' and r[0]<echo_start]
+c=Counter(re.sub(r'/redact/(\{event\}|[^/]+)/[^/]+$', '/redact/{event}/{txn}', sc.endpoint(r[3],r[4])) for r in bot)
+print('bot requests (intake half):', len(bot))
+for k,v in c.most_common(25): print(f'  {v:6d} {k}')
+def ep(r):
+    return re.sub(r'/redact/\{event\}/[^/]+$', '/redact/{event}/{txn}', sc.endpoint(r[3], r[4]))
+
+
+def gapstats(name, rs):
+    syncs=sorted((r for r in rs if '/sync' in r[4]), key=lambda r:r[0])
+    gaps=sorted(b[0]-a[1] for a,b in zip(syncs,syncs[1:]))
+    if not gaps: return
+    q=lambda p: gaps[min(len(gaps)-1,int(p*len(gaps)))]
+    durs=sorted(r[1]-r[0] for r in syncs)
+    print(f'{name} /sync: {len(syncs)}; response -> next request p50 {q(.5):.2f} s p90 {q(.9):.2f} s max {gaps[-1]:.2f} s, sum {sum(gaps):.0f} s; /sync duration p50 {durs[len(durs)//2]:.2f} s')
+gapstats('intake bot', bot)
+gapstats('echo bot', [r for r in rows if r[2]=='echo bot'])
+# per room sequence of the bot's requests
+rooms=defaultdict(list)
+for r in bot:
+    m=re.search(r'/rooms/([^/]+)/', r[4]) or re.search(r'/join/([^/?]+)', r[4])
+    if m: rooms[m.group(1)].append(r)
+seqs=Counter()
+for k,rs in rooms.items():
+    rs.sort(key=lambda r:r[0])
+    seqs[tuple(ep(r).replace('/rooms/{room}','') for r in rs[:8])]+=1
+print('first 8 requests of the bot per room, most common:')
+for s,n in seqs.most_common(3): print(' ',n, ' | '.join(s))
+# the admission's steps per room, from the room summary request on
+steps=defaultdict(list)
+for k,rs in rooms.items():
+    summ=[r for r in bot if '/room_summary/' in r[4] and k in r[4]]
+    if not summ: continue
+    t0=summ[0][0]
+    seen=set()
+    steps['summary end'].append(summ[0][1]-t0)
+    for r in rs:
+        e=ep(r).replace('/rooms/{room}','')
+        if e in seen: continue
+        seen.add(e)
+        steps[e+' start'].append(r[0]-t0); steps[e+' end'].append(r[1]-t0)
+med=lambda v: sorted(v)[len(v)//2]
+print('admission steps, p50 seconds after the room summary request (rooms):')
+for k,v in sorted(steps.items(), key=lambda kv: med(kv[1]))[:16]:
+    print(f'  {med(v):7.2f}  {k} ({len(v)})')
+# invite -> the bot's first look, paired in order (meaningful while rooms arrive apart)
+creates=sorted(r[1] for r in rows if r[2]=='visitors' and r[3]=='POST' and '/createRoom' in r[4] and r[0]<echo_start)
+looks=sorted(r[0] for r in bot if '/room_summary/' in r[4])
+if creates and len(creates)==len(looks):
+    d=sorted(b-a for a,b in zip(creates,looks))
+    print(f'createRoom answered -> bot asks for the room summary: p50 {d[len(d)//2]:.2f} s, min {d[0]:.2f}, max {d[-1]:.2f} ({len(d)} paired in order)')
+    ec=sorted(r[1] for r in rows if r[2]=='visitors' and r[3]=='POST' and '/createRoom' in r[4] and r[0]>=echo_start)
+    ej=sorted(r[0] for r in rows if r[2]=='echo bot' and '/join' in r[4])
+    if ec and len(ec)==len(ej):
+        d=sorted(b-a for a,b in zip(ec,ej))
+        print(f'echo half: createRoom answered -> echo bot joins: p50 {d[len(d)//2]:.2f} s')
+print(f'database (intake half and the rest, not the echo bot): requests waited {db_wait:.0f} s in all for the connection, executed {db_exec:.1f} s')
