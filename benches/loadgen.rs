@@ -9,6 +9,12 @@
 //!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 30
 //!     cargo bench --bench loadgen -- --visitors 50 --restart-rooms 1000
 //!     cargo bench --bench loadgen -- --flood 300 --flood-secs 60 [--flood-max-open 50]
+//!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 60 --postgres
+//!
+//! `--postgres`: Synapse on a PostgreSQL server of its own (started here,
+//! from Debian's `postgresql` package) instead of SQLite, whose single
+//! database connection is the homeserver's limit from ~100 visitors on
+//! (docs/benchmarks.md). Its CPU is reported beside Synapse's.
 //!
 //! `--flood N`: under attack. N accounts (plain HTTP clients, as a flooder
 //! would use) each open a chat with the bot within `--flood-secs`, while
@@ -59,6 +65,8 @@ struct Args {
     flood_max_open: usize,
     /// Visitors sign up through the web chat.
     web: bool,
+    /// Synapse on PostgreSQL instead of SQLite.
+    postgres: bool,
 }
 
 fn parse_args() -> Args {
@@ -72,6 +80,7 @@ fn parse_args() -> Args {
         flood_secs: 60.0,
         flood_max_open: 0,
         web: false,
+        postgres: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +98,7 @@ fn parse_args() -> Args {
             "--flood" => a.flood = num(),
             "--flood-secs" => a.flood_secs = num() as f64,
             "--flood-max-open" => a.flood_max_open = num(),
+            "--postgres" => a.postgres = true,
             "--bench" => {}
             other => panic!("unknown argument {other}; see the header of benches/loadgen.rs"),
         }
@@ -112,6 +122,7 @@ fn main() {
         return;
     }
     let args = parse_args();
+    common::ON_POSTGRES.store(args.postgres, std::sync::atomic::Ordering::Relaxed);
     if std::env::var_os("INTAKE_BOT_TEST_LOG").is_none() {
         // SAFETY: single-threaded here, before the runtime starts.
         #[allow(unsafe_code)]
@@ -207,6 +218,34 @@ fn proc_usage(pid: u32) -> (f64, f64) {
 
 fn synapse_pid() -> u32 {
     std::fs::read_to_string(Synapse::get().dir.join("synapse.pid")).unwrap().trim().parse().unwrap()
+}
+
+/// CPU seconds of the homeserver's PostgreSQL so far (0 on SQLite): the
+/// postmaster, its ended children (the kernel adds them to its own on
+/// reaping) and its live backends.
+fn postgres_cpu() -> f64 {
+    let Some(pg) = &Synapse::get().postgres else { return 0.0 };
+    let master = pg.pid();
+    let fields = |pid: &str| -> Option<Vec<String>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (_, rest) = stat.rsplit_once(')')?;
+        Some(rest.split_whitespace().map(str::to_owned).collect())
+    };
+    // After the ')': [1] ppid, [11] utime, [12] stime, [13] cutime, [14] cstime.
+    let ticks = |f: &[String], range: std::ops::Range<usize>| -> f64 {
+        range.map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum::<f64>()
+    };
+    let mut total = fields(&master.to_string()).map_or(0.0, |f| ticks(&f, 11..15));
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if let Some(f) = fields(pid)
+            && f.get(1).is_some_and(|p| p == &master.to_string())
+        {
+            total += ticks(&f, 11..13);
+        }
+    }
+    total / 100.0
 }
 
 /// The web chat of a `--web` run: its config section and sign-ups.
@@ -310,12 +349,13 @@ async fn run(args: Args) {
 
     let mut report = String::new();
     report.push_str(&format!(
-        "Command: `cargo bench --bench loadgen -- --visitors {} --ramp-secs {} --counsellors {}{}{}`\n\n",
+        "Command: `cargo bench --bench loadgen -- --visitors {} --ramp-secs {} --counsellors {}{}{}{}`\n\n",
         args.visitors,
         args.ramp_secs,
         args.counsellors,
         if args.restart_rooms > 0 { format!(" --restart-rooms {}", args.restart_rooms) } else { String::new() },
-        if args.web { " --web" } else { "" }
+        if args.web { " --web" } else { "" },
+        if args.postgres { " --postgres" } else { "" }
     ));
 
     // The intake bot.
@@ -341,14 +381,17 @@ async fn run(args: Args) {
     let bot_pid = scene.bot.pid();
     let syn_pid = synapse_pid();
     let (syn_cpu0, _) = proc_usage(syn_pid);
+    let pg_cpu0 = postgres_cpu();
     let (bot_cpu0, _) = proc_usage(bot_pid);
     let bot = intake_run(&scene, &vs, args.ramp_secs, args.web).await;
     let (bot_cpu1, bot_hwm) = proc_usage(bot_pid);
     let (syn_cpu1, _) = proc_usage(syn_pid);
+    let pg_cpu1 = postgres_cpu();
 
     // The baseline: same visitors, same number of turns, an echo bot.
     let echo = if args.baseline { Some(echo_run(&vs, args.ramp_secs).await) } else { None };
     let (syn_cpu2, _) = proc_usage(syn_pid);
+    let pg_cpu2 = postgres_cpu();
 
     let mut b = bot;
     let (p50, p95, p99) = (pct(&mut b.turns, 0.5), pct(&mut b.turns, 0.95), pct(&mut b.turns, 0.99));
@@ -414,6 +457,13 @@ async fn run(args: Args) {
         syn_cpu1 - syn_cpu0,
         if echo.is_some() { format!("{:.1}", syn_cpu2 - syn_cpu1) } else { String::new() }
     ));
+    if args.postgres {
+        report.push_str(&format!(
+            "| PostgreSQL CPU seconds | {:.1} | {} | |\n",
+            pg_cpu1 - pg_cpu0,
+            if echo.is_some() { format!("{:.1}", pg_cpu2 - pg_cpu1) } else { String::new() }
+        ));
+    }
     report.push_str(&format!(
         "| turns measured | {} | {} | |\n",
         b.turns.len(),

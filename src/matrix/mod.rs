@@ -84,41 +84,41 @@ pub(crate) enum MemberChange {
 /// Lets a task wait until a room it just joined has come back in a whole
 /// sync iteration.
 ///
-/// Why: the bot joins a visitor's room with a bare join request (the SDK's
-/// own join would write the visitor's id into the bot's `m.direct`), so the
-/// client holds the room as joined, with its state and encryption, only
-/// once a sync has brought it; and that sync's key query for the room's
-/// new members goes out at the end of the same iteration. Waiting for it
-/// costs one sync round trip and saves asking the homeserver for the
-/// room's state. (Until issue #17 it also kept the first message out of
-/// matrix-sdk-crypto's 5 s wait for the bot's own key query, now patched
-/// in `vendor/matrix-sdk-crypto`.)
+/// Why: a room the bot has just joined is known to the client only from
+/// the invite's stripped state until a sync brings it: its power levels,
+/// for instance, come with that sync. A visitor's greeting does not wait
+/// for it (the SDK asks the homeserver for the encryption state and the
+/// members, and queries the members' keys, before the first encrypted
+/// message); what needs the whole state waits: making history visible to
+/// joined members only, a room the room summary could not be read for, and
+/// the staff room's first notice.
 #[derive(Debug, Default)]
 pub(crate) struct JoinWatch {
     waiting: std::sync::Mutex<HashMap<OwnedRoomId, oneshot::Sender<()>>>,
 }
 
 impl JoinWatch {
+    /// Starts watching for the sync that brings `room` as joined. Call it
+    /// before joining, so that the iteration is caught however fast it
+    /// comes.
+    pub fn expect(self: &Arc<Self>, room: &RoomId) -> JoinSynced {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(room.to_owned(), tx);
+        JoinSynced { watch: self.clone(), room: room.to_owned(), rx: Some(rx), synced: false }
+    }
+
     /// Runs `join`; when it succeeds, waits (at most `limit`) until a sync
     /// iteration that includes `room` as joined has finished, and says
-    /// whether one did (then the client knows the room's state and members
-    /// without asking the homeserver). Registering before joining means the
-    /// iteration that brings the join is caught however fast it comes.
+    /// whether one did.
     pub async fn join_then_wait<T, E>(
-        &self,
+        self: &Arc<Self>,
         room: &RoomId,
         limit: Duration,
         join: impl Future<Output = Result<T, E>>,
     ) -> Result<(T, bool), E> {
-        let (tx, rx) = oneshot::channel();
-        self.lock().insert(room.to_owned(), tx);
-        let out = join.await;
-        let synced = out.is_ok() && tokio::time::timeout(limit, rx).await.is_ok_and(|r| r.is_ok());
-        if out.is_ok() && !synced {
-            debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
-        }
-        self.lock().remove(room);
-        out.map(|t| (t, synced))
+        let mut watch = self.expect(room);
+        let out = join.await?;
+        Ok((out, watch.wait(limit).await))
     }
 
     /// Called by the sync loop after each whole iteration.
@@ -137,6 +137,38 @@ impl JoinWatch {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<OwnedRoomId, oneshot::Sender<()>>> {
         // A panic elsewhere while holding it leaves a plain map: keep going.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One room's watch (see [`JoinWatch::expect`]); dropping it ends the watch.
+#[derive(Debug)]
+pub(crate) struct JoinSynced {
+    watch: Arc<JoinWatch>,
+    room: OwnedRoomId,
+    rx: Option<oneshot::Receiver<()>>,
+    synced: bool,
+}
+
+impl JoinSynced {
+    /// Waits (at most `limit`, the first time) until a whole sync iteration
+    /// has brought the room as joined; says whether one did.
+    pub async fn wait(&mut self, limit: Duration) -> bool {
+        if let Some(rx) = self.rx.take() {
+            self.synced = tokio::time::timeout(limit, rx).await.is_ok_and(|r| r.is_ok());
+            self.watch.lock().remove(&self.room);
+            if !self.synced {
+                debug!(waited_s = limit.as_secs(), "no sync brought a joined room back in time; going on");
+            }
+        }
+        self.synced
+    }
+}
+
+impl Drop for JoinSynced {
+    fn drop(&mut self) {
+        if self.rx.is_some() {
+            self.watch.lock().remove(&self.room);
+        }
     }
 }
 
@@ -577,7 +609,7 @@ mod tests {
 
     #[tokio::test]
     async fn join_watch_gives_up_after_the_limit_and_skips_failed_joins() {
-        let watch = JoinWatch::default();
+        let watch = Arc::new(JoinWatch::default());
         let room = room_id!("!a:example.org");
         let out = watch.join_then_wait(room, Duration::from_millis(20), async { Ok::<_, ()>(()) }).await;
         assert_eq!(out, Ok(((), false)), "no sync came: said so");
@@ -587,5 +619,23 @@ mod tests {
         let out = tokio::time::timeout(Duration::from_secs(5), failed).await.expect("no wait after a failed join");
         assert_eq!(out, Err("no"));
         assert!(watch.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_join_watch_is_waited_for_once_and_ends_when_dropped() {
+        let watch = Arc::new(JoinWatch::default());
+        let room = room_id!("!a:example.org");
+        // The sync comes before anyone waits: the wait still sees it.
+        let mut synced = watch.expect(room);
+        watch.synced([room.to_owned()].iter());
+        assert!(synced.wait(Duration::from_secs(600)).await);
+        // Asked again later, the answer stands, without waiting.
+        let again = tokio::time::timeout(Duration::from_secs(5), synced.wait(Duration::from_secs(600))).await;
+        assert_eq!(again, Ok(true));
+        // A watch nobody waits for ends with its handle.
+        let unwaited = watch.expect(room_id!("!b:example.org"));
+        assert_eq!(watch.lock().len(), 1);
+        drop(unwaited);
+        assert!(watch.lock().is_empty(), "a dropped watch is not left registered");
     }
 }

@@ -9,7 +9,7 @@ use std::fs::OpenOptions;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,9 +32,16 @@ pub struct Synapse {
     port: u16,
     python: PathBuf,
     child: Mutex<Child>,
+    /// Its PostgreSQL server, when it runs on one (see [`ON_POSTGRES`]).
+    pub postgres: Option<Postgres>,
 }
 
 static SYNAPSE: OnceLock<Synapse> = OnceLock::new();
+/// Set before the first [`Synapse::get`] to run that Synapse on a
+/// PostgreSQL server of its own instead of SQLite (the load generator's
+/// `--postgres`; the tests keep SQLite). Needs PostgreSQL's server
+/// binaries (Debian's `postgresql` package).
+pub static ON_POSTGRES: AtomicBool = AtomicBool::new(false);
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn repo() -> PathBuf {
@@ -76,6 +83,105 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
 }
 
+/// A PostgreSQL server of the benchmark's Synapse: a fresh cluster in a
+/// temporary directory, on a free loopback port, trust auth, stopped when
+/// this process goes away. As root it runs as the `postgres` user (the
+/// server refuses root).
+pub struct Postgres {
+    pub port: u16,
+    pub data: PathBuf,
+}
+
+impl Postgres {
+    fn start(python: &Path) -> Postgres {
+        let t0 = Instant::now();
+        // Synapse's PostgreSQL driver, into the same venv.
+        let has_driver = Command::new(python).args(["-c", "import psycopg2"]).status().is_ok_and(|s| s.success());
+        if !has_driver {
+            let pip = python.with_file_name("pip");
+            let st = Command::new(pip).args(["install", "-q", "psycopg2-binary==2.9.*"]).status().expect("pip install");
+            assert!(st.success(), "installing psycopg2-binary from PyPI failed");
+        }
+        let bin = Postgres::bin_dir();
+        let data = tempfile::Builder::new().prefix("intake-pg-").tempdir().unwrap().keep();
+        let as_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        if as_root {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data).status().expect("chown");
+            assert!(st.success(), "chown of the PostgreSQL directory failed");
+        }
+        let user_cmd = |program: PathBuf| {
+            let mut c = if as_root {
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid=postgres", "--regid=postgres", "--clear-groups"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            };
+            c.current_dir(&data);
+            c
+        };
+        let st = user_cmd(bin.join("initdb"))
+            .args(["-U", "synapse", "--auth=trust", "-E", "UTF8", "--locale=C", "-D"])
+            .arg(data.join("db"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("initdb (install Debian's postgresql package)");
+        assert!(st.success(), "initdb failed");
+        let port = free_port();
+        let log = OpenOptions::new().create(true).append(true).open(data.join("postgres.log")).unwrap();
+        let mut server = user_cmd(bin.join("postgres"));
+        server
+            .arg("-D")
+            .arg(data.join("db"))
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-k"])
+            .arg(&data)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = server.spawn().expect("starting PostgreSQL");
+        // Stopped (fast shutdown) when this process goes away.
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null && kill -0 {pg} 2>/dev/null; do sleep 1; done; kill -INT {pg} 2>/dev/null",
+            parent = std::process::id(),
+            pg = child.id()
+        );
+        Command::new("sh").args(["-c", &script]).spawn().expect("PostgreSQL watchdog");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                break;
+            }
+            assert!(Instant::now() < deadline, "PostgreSQL did not start; see {}/postgres.log", data.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let st = Command::new(bin.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "synapse", "-T", "template0", "synapse"])
+            .status()
+            .expect("createdb");
+        assert!(st.success(), "createdb failed");
+        eprintln!("PostgreSQL on port {port} in {} (started in {:?})", data.display(), t0.elapsed());
+        Postgres { port, data }
+    }
+
+    /// Debian's server binaries (newest version), else whatever is on PATH.
+    fn bin_dir() -> PathBuf {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|d| d.flatten().map(|e| e.path().join("bin")).filter(|p| p.join("postgres").exists()).collect())
+            .unwrap_or_default();
+        dirs.sort_by_key(|p| p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()?.parse::<u32>().ok()));
+        dirs.pop().unwrap_or_default()
+    }
+
+    /// The postmaster's pid (its backends are its children).
+    pub fn pid(&self) -> u32 {
+        let pid = std::fs::read_to_string(self.data.join("db/postmaster.pid")).expect("postmaster.pid");
+        pid.lines().next().and_then(|l| l.trim().parse().ok()).expect("a pid in postmaster.pid")
+    }
+}
+
 impl Synapse {
     /// The Synapse of this test binary, started on first use.
     pub fn get() -> &'static Synapse {
@@ -87,13 +193,22 @@ impl Synapse {
         let python = synapse_python();
         let dir = tempfile::Builder::new().prefix("intake-synapse-").tempdir().unwrap().keep();
         let port = free_port();
+        let postgres = ON_POSTGRES.load(Ordering::Relaxed).then(|| Postgres::start(&python));
+        let database = match &postgres {
+            // Synapse's default pool (cp_min 5, cp_max 10).
+            Some(pg) => format!(
+                "{{name: psycopg2, args: {{user: synapse, database: synapse, host: 127.0.0.1, port: {}, cp_min: 5, cp_max: 10}}}}",
+                pg.port
+            ),
+            None => format!("{{name: sqlite3, args: {{database: {}/homeserver.db}}}}", dir.display()),
+        };
         let config = format!(
             r#"server_name: localhost
 pid_file: {dir}/homeserver.pid
 report_stats: false
 signing_key_path: {dir}/localhost.signing.key
 media_store_path: {dir}/media_store
-database: {{name: sqlite3, args: {{database: {dir}/homeserver.db}}}}
+database: {database}
 listeners:
   - {{port: {port}, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false, resources: [{{names: [client], compress: false}}]}}
 registration_shared_secret: test-shared-secret
@@ -128,7 +243,7 @@ rc_admin_redaction: {{per_second: 1000, burst_count: 1000}}
         let url = format!("http://127.0.0.1:{port}");
         Synapse::wait_ready(port, &dir);
         eprintln!("Synapse {url} running in {} (started in {:?})", dir.display(), t0.elapsed());
-        Synapse { url, dir, port, python, child: Mutex::new(child) }
+        Synapse { url, dir, port, python, child: Mutex::new(child), postgres }
     }
 
     /// Starts Synapse in `dir` under a watchdog shell that stops it when
@@ -290,7 +405,7 @@ pub struct TestClient {
     inbox: Inbox,
     invites: Arc<Mutex<VecDeque<OwnedRoomId>>>,
     /// Cleared to stop the background sync (an account that is gone).
-    syncing: Arc<std::sync::atomic::AtomicBool>,
+    syncing: Arc<AtomicBool>,
     _dir: tempfile::TempDir,
 }
 
@@ -349,7 +464,7 @@ impl TestClient {
         // Keeps syncing through homeserver outages (Client::sync stops at
         // the first error).
         let c = client.clone();
-        let syncing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let syncing = Arc::new(AtomicBool::new(true));
         let on = syncing.clone();
         tokio::spawn(async move {
             let mut settings = SyncSettings::default().timeout(Duration::from_secs(5));

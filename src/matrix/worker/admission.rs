@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use matrix_sdk::ruma::api::client::membership::join_room_by_id;
 use matrix_sdk::ruma::api::client::room::get_summary;
 use matrix_sdk::ruma::events::StateEventType;
 use matrix_sdk::ruma::events::room::history_visibility::HistoryVisibility;
@@ -318,23 +317,28 @@ fn cap_for<'a>(
 ///
 /// `permit`, a place among [`ADMISSIONS_AT_ONCE`], is held for the room
 /// summary and the join, the homeserver's work, and given back once the
-/// join is answered: waiting for the sync that brings the join holds no
-/// place, so a slow sync does not keep the next visitors out.
+/// join is answered, so that a slow sync does not keep the next visitors out.
 async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<OwnedSemaphorePermit>) -> Verdict {
-    if let Some(why) = refuse_unseen(room, inviter).await {
-        decline(room).await;
-        return Verdict::Refused(why);
-    }
+    let summary_read = match refuse_unseen(room, inviter).await {
+        Err(why) => {
+            decline(room).await;
+            return Verdict::Refused(why);
+        }
+        Ok(read) => read,
+    };
     let client = room.client();
+    // Watched from before the join, so that its sync is caught however
+    // fast it comes (see JoinWatch).
+    let mut join_synced = a.joins.expect(room.room_id());
     let join = async move {
         let _permit = permit;
         let mut delay = Duration::from_millis(500);
         let mut tries = 0;
         loop {
-            // A plain join request: the SDK's own join would add the room
-            // to the bot's `m.direct` account data on the homeserver, with
-            // the visitor's user id.
-            match client.send(join_room_by_id::v3::Request::new(room.room_id().to_owned())).await {
+            // The SDK's own `join_room_by_id` would add the room to the
+            // bot's `m.direct` account data on the homeserver, with the
+            // visitor's user id (patched in: vendor/README.md).
+            match client.join_room_by_id_not_direct(room.room_id()).await {
                 Ok(_) => return Ok(()),
                 Err(e) if tries + 1 >= 8 => return Err(e),
                 Err(_) => {
@@ -345,15 +349,15 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<Ow
             }
         }
     };
-    // No message goes into the room before the sync that brings the join
-    // (and the key query for its members) is through: see JoinWatch.
-    let synced = match a.joins.join_then_wait(room.room_id(), JOIN_SYNC_LIMIT, join).await {
-        Ok(((), synced)) => synced,
-        Err(e) => {
-            warn!(error = %scrub_err(&e), "could not join a visitor's room");
-            return Verdict::Failed;
-        }
-    };
+    if let Err(e) = join.await {
+        warn!(error = %scrub_err(&e), "could not join a visitor's room");
+        return Verdict::Failed;
+    }
+    // The room summary showed the room as the homeserver has it now; the
+    // invite's stripped state alone is what its sender chose to show, so
+    // without a summary the bot waits for the join's sync, which brings
+    // the room's whole state, before looking again.
+    let synced = if summary_read { false } else { join_synced.wait(JOIN_SYNC_LIMIT).await };
     // The whole member list, from the homeserver: the sync lazy-loads
     // members, so a silent member who joined long ago is not in it. (The
     // SDK fetches this list before the first encrypted message in a room
@@ -384,6 +388,8 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<Ow
     if !strangers.is_empty() {
         // One short notice, only where its key goes to joined members and
         // no stranger has joined: never a key for anyone but the visitor.
+        // (Setting history visibility needs the power levels: the sync.)
+        let synced = join_synced.wait(JOIN_SYNC_LIMIT).await;
         let joined_only = only_joined_get_keys(room, true).await;
         if joined_only && !strangers.iter().any(|joined| *joined) && encrypted(room, synced).await {
             let _ = room.send(RoomMessageEventContent::notice_plain(a.group_notice.clone())).await;
@@ -391,13 +397,17 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<Ow
         leave(room, a).await;
         return Verdict::Refused(Refusal::Group);
     }
-    // Room keys for joined members only from now on; the first messages
-    // need not wait for it (the visitor alone is in the room, and the
-    // outbox checks the members before each message), so the greeting does
-    // not wait behind this state change in the homeserver's queue.
+    // Room keys for joined members only from now on, once the join's sync
+    // has brought the power levels; the first messages need not wait for it
+    // (the visitor alone is in the room, and the outbox checks the members
+    // before each message), so the greeting does not wait for that sync nor
+    // behind this state change in the homeserver's queue.
     {
         let room = room.clone();
-        tokio::spawn(async move { only_joined_get_keys(&room, false).await });
+        tokio::spawn(async move {
+            join_synced.wait(JOIN_SYNC_LIMIT).await;
+            only_joined_get_keys(&room, false).await
+        });
     }
     if let Some((cap, text)) = &a.notice {
         let _ = room.send(RoomMessageEventContent::notice_plain(text.clone())).await;
@@ -418,15 +428,16 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<Ow
 }
 
 /// What the invite and the room summary tell before joining: a reason to
-/// decline, or `None` to go on and look again after joining.
-async fn refuse_unseen(room: &Room, inviter: &UserId) -> Option<Refusal> {
+/// decline, or whether the room summary was read (then the bot looks again
+/// after joining, at the members).
+async fn refuse_unseen(room: &Room, inviter: &UserId) -> Result<bool, Refusal> {
     // The invite's stripped state (join rule and encryption, where the
     // inviter's server sends them).
     if is_open(room.join_rule().as_ref()) {
-        return Some(Refusal::Open);
+        return Err(Refusal::Open);
     }
     if room.history_visibility() == Some(HistoryVisibility::WorldReadable) {
-        return Some(Refusal::WorldReadable);
+        return Err(Refusal::WorldReadable);
     }
     // The room summary (MSC3266, in the spec since 1.15), which an invited
     // user may read: how many have joined, without joining.
@@ -436,24 +447,24 @@ async fn refuse_unseen(room: &Room, inviter: &UserId) -> Option<Refusal> {
         Ok(Ok(r)) => {
             let s = r.summary;
             if !matches!(s.join_rule, JoinRuleSummary::Invite | JoinRuleSummary::Private) {
-                return Some(Refusal::Open);
+                return Err(Refusal::Open);
             }
             if s.world_readable {
-                return Some(Refusal::WorldReadable);
+                return Err(Refusal::WorldReadable);
             }
             // The inviter alone has joined a new chat.
             if u64::from(s.num_joined_members) > 1 {
-                return Some(Refusal::Group);
+                return Err(Refusal::Group);
             }
-            None
+            Ok(true)
         }
         Ok(Err(e)) => {
             debug!(error = %scrub_err(&e), "no room summary; looking after joining");
-            None
+            Ok(false)
         }
         Err(_) => {
             debug!("room summary took too long; looking after joining");
-            None
+            Ok(false)
         }
     }
 }
