@@ -42,10 +42,17 @@ use crate::intake::text::TextKey;
 use crate::matrix::purge::Purger;
 use crate::matrix::{JoinWatch, scrub_err};
 
-/// How long a new room's first message waits for the sync that brings the
-/// join. Longer only when the homeserver is slow or away; then the SDK's
-/// own waits take over.
+/// How long a room the room summary could not be read for (or a refused
+/// group) waits for the sync that brings the join before the bot looks at
+/// it again. Longer only when the homeserver is slow or away.
 const JOIN_SYNC_LIMIT: Duration = Duration::from_secs(20);
+
+/// How long the change of history visibility (in the background, nobody
+/// waits for it) waits for the sync that brings the join and with it the
+/// power levels. Under load that sync can take well over 20 s (at 200 new
+/// chats a minute on 2 cores, 190 of 200 rooms missed a 20 s limit and
+/// kept history visible to invitees).
+const VISIBILITY_SYNC_LIMIT: Duration = Duration::from_secs(600);
 
 /// How many rooms are looked at and joined at once (the room summary and
 /// the join request; see [`prepare`]). This bounds the bot's requests in
@@ -405,7 +412,7 @@ async fn prepare(room: &Room, inviter: &UserId, a: &Admission, permit: Option<Ow
     {
         let room = room.clone();
         tokio::spawn(async move {
-            join_synced.wait(JOIN_SYNC_LIMIT).await;
+            join_synced.wait(VISIBILITY_SYNC_LIMIT).await;
             only_joined_get_keys(&room, false).await
         });
     }
