@@ -1689,20 +1689,17 @@ impl Client {
     /// Join a room by `RoomId` as [`Client::join_room_by_id`] does, but never
     /// mark it as a direct chat: the account's `m.direct` account data on the
     /// homeserver is left untouched, even if the invite was flagged
-    /// `is_direct`.
+    /// `is_direct`. Nor is the inviter recorded for a shared-history key
+    /// bundle (none is accepted in a room joined this way).
     ///
     /// Returns the `Room` in the joined state, as soon as the homeserver has
     /// answered the join (the room's state is then only partially known, as
     /// after [`Client::join_room_by_id`]).
     #[instrument(skip_all)]
     pub async fn join_room_by_id_not_direct(&self, room_id: &RoomId) -> Result<Room> {
-        let inviter = self.prepare_join_room_by_id(room_id).await.and_then(|info| info.inviter);
         let request = join_room_by_id::v3::Request::new(room_id.to_owned());
         let response = self.send(request).await?;
-        let base_room = self
-            .base_client()
-            .room_joined(&response.room_id, inviter.map(|i| i.user_id().to_owned()))
-            .await?;
+        let base_room = self.base_client().room_joined(&response.room_id, None).await?;
         Ok(Room::new(self.clone(), base_room))
     }
 
