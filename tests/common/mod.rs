@@ -90,6 +90,9 @@ fn free_port() -> u16 {
 pub struct Postgres {
     pub port: u16,
     pub data: PathBuf,
+    /// The server and its watchdog, kept so that they are not lost track of
+    /// (the watchdog stops the server; statics are never dropped).
+    _processes: [Child; 2],
 }
 
 impl Postgres {
@@ -144,7 +147,7 @@ impl Postgres {
             parent = std::process::id(),
             pg = child.id()
         );
-        Command::new("sh").args(["-c", &script]).spawn().expect("PostgreSQL watchdog");
+        let watchdog = Command::new("sh").args(["-c", &script]).spawn().expect("PostgreSQL watchdog");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let ready = Command::new(bin.join("pg_isready"))
@@ -163,7 +166,7 @@ impl Postgres {
             .expect("createdb");
         assert!(st.success(), "createdb failed");
         eprintln!("PostgreSQL on port {port} in {} (started in {:?})", data.display(), t0.elapsed());
-        Postgres { port, data }
+        Postgres { port, data, _processes: [child, watchdog] }
     }
 
     /// Debian's server binaries (newest version), else whatever is on PATH.
