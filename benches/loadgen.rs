@@ -12,9 +12,10 @@
 //!     cargo bench --bench loadgen -- --visitors 200 --ramp-secs 60 --postgres
 //!
 //! `--postgres`: Synapse on a PostgreSQL server of its own (started here,
-//! from Debian's `postgresql` package) instead of SQLite, whose single
-//! database connection is the homeserver's limit from ~100 visitors on
-//! (docs/benchmarks.md). Its CPU is reported beside Synapse's.
+//! from Debian's `postgresql` package) instead of SQLite; its CPU is
+//! reported beside Synapse's. On one 2-core machine it is the slower
+//! choice (docs/benchmarks.md, "Build J"); it is there for runs where the
+//! database has cores of its own.
 //!
 //! `--flood N`: under attack. N accounts (plain HTTP clients, as a flooder
 //! would use) each open a chat with the bot within `--flood-secs`, while
@@ -235,12 +236,13 @@ fn postgres_cpu() -> f64 {
     let ticks = |f: &[String], range: std::ops::Range<usize>| -> f64 {
         range.map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)).sum::<f64>()
     };
-    let mut total = fields(&master.to_string()).map_or(0.0, |f| ticks(&f, 11..15));
+    let master = master.to_string();
+    let mut total = fields(&master).map_or(0.0, |f| ticks(&f, 11..15));
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
         if let Some(f) = fields(pid)
-            && f.get(1).is_some_and(|p| p == &master.to_string())
+            && f.get(1).is_some_and(|p| *p == master)
         {
             total += ticks(&f, 11..13);
         }
