@@ -6,16 +6,28 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use matrix_sdk::Client;
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::RequestConfig;
 use matrix_sdk::encryption::EncryptionSettings;
+use matrix_sdk::{Client, SqliteStoreConfig};
 use tracing::{debug, error, info, warn};
 
 use super::scrub_err;
 use crate::config::{Config, MatrixConfig, Secrets};
 use crate::store::{self, Sealer};
 use matrix_sdk_crypto::types::SecretsBundle;
+
+/// The SDK's four SQLite stores (state, crypto, event cache, media) with
+/// SQLite's page cache kept small.
+///
+/// By default each store opens up to four connections per CPU core, each
+/// with a 2 MB page cache: up to 64 MB of the bot's heap on two cores, for
+/// databases that hold a few MB. The low-memory settings (one connection
+/// per core, 500 kB each, WAL capped at 2 MB) bound that to 4 MB; the bot's
+/// reads are small and mostly served from the SDK's own in-memory state.
+fn store_config(matrix_dir: &Path, passphrase: &str) -> SqliteStoreConfig {
+    SqliteStoreConfig::with_low_memory_config(matrix_dir).passphrase(Some(passphrase))
+}
 
 /// Builds the client on the encrypted store and logs in or restores the
 /// saved session (same device, so E2EE keeps working).
@@ -33,7 +45,7 @@ pub async fn connect(config: &Config, secrets: &Secrets) -> Result<(Client, bool
     store::create_private_dir(&matrix_dir)?;
     let client = Client::builder()
         .homeserver_url(&config.matrix.homeserver_url)
-        .sqlite_store(&matrix_dir, Some(&secrets.store_passphrase))
+        .sqlite_store_with_config_and_cache_path(store_config(&matrix_dir, &secrets.store_passphrase), None::<&Path>)
         .request_config(RequestConfig::new().timeout(Duration::from_secs(60)).max_retry_time(Duration::from_secs(60)))
         .with_encryption_settings(EncryptionSettings { auto_enable_cross_signing: true, ..Default::default() })
         // The SDK would otherwise hand each invited counsellor the keys to
