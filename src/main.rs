@@ -109,6 +109,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    limit_malloc_arenas();
     let secrets = Secrets::load(&config.matrix, config.privacy.purge_admin_token_file.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
     let ran = rt.block_on(async move { intake_bot::matrix::run(config, secrets, shutdown_signal()).await })?;
@@ -124,6 +125,24 @@ fn run(config: Config) -> anyhow::Result<()> {
         return Err(err).context("restarting after the device change");
     }
     Ok(())
+}
+
+/// Two malloc arenas instead of glibc's default of eight per core.
+///
+/// The SDK's SQLite stores run on tokio's blocking threads (20-25 of them
+/// under load), and glibc gives each thread that meets a locked arena one
+/// of its own, each keeping freed memory for itself: at 200 open cases
+/// the heap peaked at 57 MB with the default and 40 MB with two arenas.
+/// The bot uses a tenth of a core, so contention for the arenas' locks
+/// does not show. Called before any thread starts.
+#[allow(unsafe_code)] // the one FFI call of the crate; nothing else needs it
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; no thread other
+    // than this one exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 async fn shutdown_signal() {
