@@ -133,8 +133,8 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// under load), and glibc gives each thread that meets a locked arena one
 /// of its own, each keeping freed memory for itself: at 200 open cases
 /// the heap peaked at 55-57 MB with the default and 38-42 MB with two
-/// arenas. The bot uses a tenth of a core, so contention for the arenas' locks
-/// does not show. Called before any thread starts.
+/// arenas. The bot uses a tenth of a core, so contention for the arenas'
+/// locks does not show. Called before any thread starts.
 #[allow(unsafe_code)] // the one FFI call of the crate; nothing else needs it
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
