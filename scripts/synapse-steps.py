@@ -3,8 +3,12 @@
 synapse-cpu.py, which sums CPU): the intake bot's requests per endpoint in
 the intake half, the gaps between its /sync requests (and the echo bot's),
 the order of its requests in each room, the admission's steps (p50 seconds
-after the room summary request), the invite -> the bot's first look, and
-how long requests waited for Synapse's database connection.
+after the room summary request), the invite -> the bot's first look, each
+half's "open chat -> first message" split into its steps (the visitor's
+createRoom, the bot's first look, its first send, the visitor's next
+request in the room) with what the bots had in flight during those
+createRooms, and how long requests waited for Synapse's database
+connection.
 
     python3 scripts/synapse-steps.py /tmp/intake-synapse-*/synapse.log
 """
@@ -24,7 +28,7 @@ for line in open(sys.argv[1], errors='replace'):
     if d and '{@echo' not in line:
         db_wait+=float(d.group(1)); db_exec+=float(d.group(2))
     ts=datetime.datetime.strptime(m['ts'],'%Y-%m-%d %H:%M:%S,%f').timestamp()
-    rows.append((ts-float(m['real']), ts, sc.who(m['who']), m['method'], m['path']))
+    rows.append((ts-float(m['real']), ts, sc.who(m['who']), m['method'], m['path'], m['who']))
 echo_start=min((r[0] for r in rows if r[2]=='echo bot'), default=float('inf'))
 bot=[r for r in rows if r[2]=='intake bot' and r[0]<echo_start]
 c=Counter(re.sub(r'/redact/(\{event\}|[^/]+)/[^/]+$', '/redact/{event}/{txn}', sc.endpoint(r[3],r[4])) for r in bot)
@@ -82,4 +86,46 @@ if creates and len(creates)==len(looks):
     if ec and len(ec)==len(ej):
         d=sorted(b-a for a,b in zip(ec,ej))
         print(f'echo half: createRoom answered -> echo bot joins: p50 {d[len(d)//2]:.2f} s')
+# Open chat -> first message, per visitor and half: the visitor's createRoom
+# (its room is the first one the visitor names afterwards), then the bot's
+# first request in that room, its first send, and the visitor's next request
+# there (it answers as soon as the message is in). Seconds after the
+# createRoom was received, p50 / p90.
+def room_of(path):
+    m = re.search(r'/rooms/(![^/]+)/', path) or re.search(r'/join/(![^/?]+)', path) or re.search(r'/room_summary/(![^/?]+)', path)
+    return m and m.group(1)
+for half, lo, hi in (('intake half', 0, echo_start), ('echo half', echo_start, float('inf'))):
+    hr = [r for r in rows if lo <= r[0] < hi]
+    creates = [r for r in hr if r[2] == 'visitors' and '/createRoom' in r[4]]
+    by_room, by_who = defaultdict(list), defaultdict(list)
+    for r in hr:
+        k = room_of(r[4])
+        if k:
+            by_room[k].append(r)
+            by_who[r[5]].append(r)
+    bot_calls = [r for r in hr if r[2] in ('intake bot', 'echo bot') and '/sync' not in r[4]]
+    marks = defaultdict(list)
+    for c in creates:
+        mine = [r for r in by_who[c[5]] if r[0] >= c[1]]
+        if not mine: continue
+        k = room_of(mine[0][4])
+        bots = sorted((r for r in by_room[k] if r[2] in ('intake bot', 'echo bot')), key=lambda r: r[0])
+        sends = [r for r in bots if '/send/' in r[4]]
+        if not sends: continue
+        for name, t in (('createRoom answered', c[1]), ('bot\'s first request starts', bots[0][0]),
+                        ('bot\'s first send starts', sends[0][0]), ('bot\'s first send answered', sends[0][1]),
+                        ('visitor\'s next request in the room', mine[0][0])):
+            marks[name].append(t - c[0])
+    if not marks: continue
+    q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
+    print(f'{half}: open chat -> first message, seconds after the createRoom was received, p50 / p90 ({len(creates)} rooms):')
+    for name, v in marks.items():
+        print(f'  {q(v, .5):6.2f} / {q(v, .9):6.2f}  {name}')
+    during = Counter()
+    for c in creates:
+        for r in bot_calls:
+            if r[0] < c[1] and r[1] > c[0]:
+                during[f'{r[2]} {ep(r)}'] += 1
+    if during:
+        print(f'  the bots\' requests (not /sync) in flight during those createRooms: ' + ', '.join(f'{v} {k}' for k, v in during.most_common(6)))
 print(f'database (intake half and the rest, not the echo bot): requests waited {db_wait:.0f} s in all for the connection, executed {db_exec:.1f} s')
