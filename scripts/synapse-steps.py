@@ -7,8 +7,10 @@ after the room summary request), the invite -> the bot's first look, each
 half's "open chat -> first message" split into its steps (the visitor's
 createRoom, the bot's first look, its first send, the visitor's next
 request in the room) with what the bots had in flight during those
-createRooms, and how long requests waited for Synapse's database
-connection.
+createRooms, each half's turns split the same way (the visitor's answer
+stored -> the bot's sync answered -> the bot's reply sent -> stored -> the
+visitor's sync answered: the bot's own share is the second step), and how
+long requests waited for Synapse's database connection.
 
     python3 scripts/synapse-steps.py /tmp/intake-synapse-*/synapse.log
 """
@@ -128,4 +130,50 @@ for half, lo, hi in (('intake half', 0, echo_start), ('echo half', echo_start, f
                 during[f'{r[2]} {ep(r)}'] += 1
     if during:
         print(f'  the bots\' requests (not /sync) in flight during those createRooms: ' + ', '.join(f'{v} {k}' for k, v in during.most_common(6)))
+# A turn in steps, per half: the visitor's answer stored (its PUT answered,
+# t1), the bot's /sync that brought it answered (t2: the homeserver handing
+# the answer over; see below), the bot's next send into that room starts
+# (t3: the bot's own work, its key requests included) and is answered (t4:
+# stored), the visitor's first /sync answered after t4 (t5). p50 / p90 over
+# the turns.
+for half, lo, hi, bot_name in (('intake half', 0, echo_start, 'intake bot'), ('echo half', echo_start, float('inf'), 'echo bot')):
+    hr = [r for r in rows if lo <= r[0] < hi]
+    bot_syncs = sorted((r[1], r[0]) for r in hr if r[2] == bot_name and '/sync' in r[4])
+    sync_ends = [e for e, _ in bot_syncs]
+    vis_syncs = defaultdict(list)
+    for r in hr:
+        if r[2] == 'visitors' and '/sync' in r[4]: vis_syncs[r[5]].append(r[1])
+    for v in vis_syncs.values(): v.sort()
+    sends = defaultdict(list)
+    for r in hr:
+        if '/send/' in r[4] and r[2] in ('visitors', bot_name):
+            sends[room_of(r[4])].append(r)
+    import bisect
+    parts = defaultdict(list)
+    for k, rs in sends.items():
+        rs.sort(key=lambda r: r[0])
+        for i, v in enumerate(rs):
+            if v[2] != 'visitors': continue
+            reply = next((r for r in rs[i + 1:] if r[2] == bot_name and r[0] >= v[1]), None)
+            if not reply: continue
+            # The sync that brought the answer: the first one asked for after
+            # it was stored, unless the reply started before that one was
+            # answered (then an earlier one, answered after t1, brought it).
+            j = bisect.bisect_right(sync_ends, v[1])
+            if j == len(bot_syncs) or sync_ends[j] > reply[0]: continue
+            later = next((e for e, st in bot_syncs[j:] if st >= v[1]), None)
+            t2 = later if later is not None and later <= reply[0] else sync_ends[j]
+            vs = vis_syncs[v[5]]
+            m = bisect.bisect_right(vs, reply[1])
+            if m == len(vs): continue
+            t1, t3, t4, t5 = v[1], reply[0], reply[1], vs[m]
+            for name, d in (('answer stored -> the bot\'s sync answered', t2 - t1), ('-> the bot\'s reply starts (the bot\'s own share)', t3 - t2),
+                            ('-> the reply stored', t4 - t3), ('-> the visitor\'s sync answered', t5 - t4), ('answer stored -> visitor\'s sync with the reply', t5 - t1)):
+                parts[name].append(d)
+    if not parts: continue
+    q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
+    n = len(next(iter(parts.values())))
+    print(f'{half}: a turn in steps, seconds, p50 / p90 ({n} turns):')
+    for name, v in parts.items():
+        print(f'  {q(v, .5):6.2f} / {q(v, .9):6.2f}  {name}')
 print(f'database (intake half and the rest, not the echo bot): requests waited {db_wait:.0f} s in all for the connection, executed {db_exec:.1f} s')
