@@ -386,6 +386,12 @@ async fn run(args: Args) {
     let pg_cpu0 = postgres_cpu();
     let (bot_cpu0, _) = proc_usage(bot_pid);
     let bot = intake_run(&scene, &vs, args.ramp_secs, args.web).await;
+    // A visitor is done at the goodbye; the bot then removes the case's
+    // messages (13-16 redactions a case) and leaves. That work belongs to
+    // the intake half: without this wait it ran on under the echo half and
+    // slowed the baseline (at 200 visitors, hundreds of redactions were in
+    // flight during the echo half's room creations).
+    let (tail, closed) = wait_for_closes(&scene.bot.log, bot.completed).await;
     let (bot_cpu1, bot_hwm) = proc_usage(bot_pid);
     let (syn_cpu1, _) = proc_usage(syn_pid);
     let pg_cpu1 = postgres_cpu();
@@ -450,6 +456,11 @@ async fn run(args: Args) {
         "| wall time of the run (s) | {:.1} | {} | |\n",
         b.wall.as_secs_f64(),
         echo.as_ref().map(|e| format!("{:.1}", e.wall.as_secs_f64())).unwrap_or_default()
+    ));
+    report.push_str(&format!(
+        "| closes finished after the last goodbye (s; closes seen / cases completed) | {:.1} ({closed} / {}) | | |\n",
+        tail.as_secs_f64(),
+        b.completed
     ));
     report.push_str(&format!("| bot peak RSS (MB) | {bot_hwm:.0} | | |\n"));
     report.push_str(&format!("| bot CPU seconds | {:.1} | | |\n", bot_cpu1 - bot_cpu0));
@@ -550,6 +561,39 @@ enum Outcome {
     NoRoom,
     Lost,
     Stuck,
+}
+
+/// Waits until the bot's log shows `cases` closes finished ("the case's
+/// messages removed from the room", logged once the redactions are done),
+/// or no new one for 60 s (a run with `privacy.redact_at_close` off logs
+/// none). Reads the log as it grows (at trace it is large). Returns how
+/// long it waited and how many closes it saw.
+async fn wait_for_closes(log: &std::path::Path, cases: usize) -> (Duration, usize) {
+    use std::io::BufRead;
+    const DONE: &str = "the case's messages removed from the room";
+    let t = Instant::now();
+    let Ok(file) = std::fs::File::open(log) else { return (Duration::ZERO, 0) };
+    let mut reader = std::io::BufReader::new(file);
+    let (mut seen, mut line, mut progress) = (0, String::new(), Instant::now());
+    loop {
+        // A line not yet ended stays in `line` until the rest is written.
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if !line.ends_with('\n') {
+                break;
+            }
+            if line.contains(DONE) {
+                seen += 1;
+                progress = Instant::now();
+            }
+            line.clear();
+        }
+        if seen >= cases || progress.elapsed() > Duration::from_secs(60) {
+            // The leave and forget follow the last removal.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return (t.elapsed(), seen);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn wait_text(v: &TestClient, room: &RoomId, needle: &str) -> Option<Instant> {
