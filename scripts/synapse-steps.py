@@ -14,7 +14,7 @@ long requests waited for Synapse's database connection.
 
     python3 scripts/synapse-steps.py /tmp/intake-synapse-*/synapse.log
 """
-import re, sys, datetime
+import re, sys, datetime, bisect
 from collections import defaultdict, Counter
 from pathlib import Path
 import importlib.util
@@ -93,6 +93,8 @@ if creates and len(creates)==len(looks):
 # first request in that room, its first send, and the visitor's next request
 # there (it answers as soon as the message is in). Seconds after the
 # createRoom was received, p50 / p90.
+def pct(v, p):
+    return sorted(v)[min(len(v) - 1, int(p * len(v)))]
 def room_of(path):
     m = re.search(r'/rooms/(![^/]+)/', path) or re.search(r'/join/(![^/?]+)', path) or re.search(r'/room_summary/(![^/?]+)', path)
     return m and m.group(1)
@@ -119,10 +121,9 @@ for half, lo, hi in (('intake half', 0, echo_start), ('echo half', echo_start, f
                         ('visitor\'s next request in the room', mine[0][0])):
             marks[name].append(t - c[0])
     if not marks: continue
-    q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
     print(f'{half}: open chat -> first message, seconds after the createRoom was received, p50 / p90 ({len(creates)} rooms):')
     for name, v in marks.items():
-        print(f'  {q(v, .5):6.2f} / {q(v, .9):6.2f}  {name}')
+        print(f'  {pct(v, .5):6.2f} / {pct(v, .9):6.2f}  {name}')
     during = Counter()
     for c in creates:
         for r in bot_calls:
@@ -148,7 +149,6 @@ for half, lo, hi, bot_name in (('intake half', 0, echo_start, 'intake bot'), ('e
     for r in hr:
         if '/send/' in r[4] and r[2] in ('visitors', bot_name):
             sends[room_of(r[4])].append(r)
-    import bisect
     parts = defaultdict(list)
     for k, rs in sends.items():
         rs.sort(key=lambda r: r[0])
@@ -171,9 +171,8 @@ for half, lo, hi, bot_name in (('intake half', 0, echo_start, 'intake bot'), ('e
                             ('-> the reply stored', t4 - t3), ('-> the visitor\'s sync answered', t5 - t4), ('answer stored -> visitor\'s sync with the reply', t5 - t1)):
                 parts[name].append(d)
     if not parts: continue
-    q = lambda v, p: sorted(v)[min(len(v) - 1, int(p * len(v)))]
     n = len(next(iter(parts.values())))
     print(f'{half}: a turn in steps, seconds, p50 / p90 ({n} turns):')
     for name, v in parts.items():
-        print(f'  {q(v, .5):6.2f} / {q(v, .9):6.2f}  {name}')
+        print(f'  {pct(v, .5):6.2f} / {pct(v, .9):6.2f}  {name}')
 print(f'database (intake half and the rest, not the echo bot): requests waited {db_wait:.0f} s in all for the connection, executed {db_exec:.1f} s')
